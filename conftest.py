@@ -1,0 +1,80 @@
+"""Fixtures shared by the engine's tests and every plugin's tests under plugins/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serapeum.core.plugins import PluginHost
+from serapeum.llama_cpp.testing import TinyModelSpec, build_tiny_gguf
+
+LLAMA3_SPEC = TinyModelSpec(
+    bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", name="serapeum-tiny-llama3"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama GGUF whose BOS is ``<s>`` (Llama 2 / Mistral style)."""
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Llama 3's BOS ``<|begin_of_text|>`` and EOS ``<|eot_id|>``."""
+    return build_tiny_gguf(tmp_path_factory.mktemp("tiny3") / "tiny-llama3.gguf", LLAMA3_SPEC)
+
+
+@pytest.fixture(scope="session")
+def gemma_model_path() -> Path:
+    """The real Gemma 3 270M GGUF from its PyPI package (assembled into the cache once)."""
+    from serapeum.llama_cpp.demo import demo_model_path
+
+    return demo_model_path()
+
+
+@pytest.fixture
+def plugin_host() -> Iterator[PluginHost]:
+    """A fresh host with the installed plugins loaded; tests may register more on it."""
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    yield host
+
+
+CHAT_TEMPLATES = Path(__file__).parent / "tests" / "data" / "chat-templates.json"
+
+
+@pytest.fixture(scope="session")
+def official_template():
+    """``render(family, messages, **extra)``: a family's official chat template rendered as HF does.
+
+    The templates and their BOS/EOS come from tests/data/chat-templates.json (copied from
+    the design notes' shared data, with their sources).
+    """
+    import json
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    entries = {entry["family"]: entry for entry in json.loads(CHAT_TEMPLATES.read_text())}
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.globals["raise_exception"] = raise_exception
+
+    def render(family: str, messages, *, template: str | None = None, **extra) -> str:
+        entry = entries[family]
+        compiled = environment.from_string(template or entry["chat_template"])
+        return compiled.render(
+            messages=[{"role": m.role.value, "content": m.content} for m in messages],
+            bos_token=entry["bos_token"] or "",
+            eos_token=entry["eos_token"] or "",
+            add_generation_prompt=True,
+            **extra,
+        )
+
+    render.entries = entries  # type: ignore[attr-defined]
+    return render

@@ -1,0 +1,113 @@
+"""The frozen descriptors that plugins hand to the host from their registration hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from attrs import field, frozen
+
+if TYPE_CHECKING:
+    from serapeum.core.llms.types import Message
+    from serapeum.core.plugins.backend_api import LoadedModel
+
+__all__ = ["BackendSpec", "ModelRequest", "ModelSource", "PromptFormatter"]
+
+
+def _names(values: Sequence[str] | str) -> tuple[str, ...]:
+    return (values,) if isinstance(values, str) else tuple(values)
+
+
+def _non_empty(_instance: object, attribute: Any, value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+@frozen
+class PromptFormatter:
+    """How one model family wants its prompts written.
+
+    ``messages_to_prompt(messages, system_prompt=None)`` renders a conversation ending
+    where the assistant speaks next; ``completion_to_prompt(completion,
+    system_prompt=None)`` renders a single instruction. ``stop`` lists the family's
+    end-of-turn markers; ``prompt_starts_with_bos`` says the rendered text already
+    begins with the BOS token's text (the engine then keeps exactly one BOS).
+    """
+
+    name: str = field(validator=_non_empty)
+    messages_to_prompt: Callable[..., str]
+    completion_to_prompt: Callable[..., str]
+    aliases: tuple[str, ...] = field(default=(), converter=_names)
+    stop: tuple[str, ...] = field(default=(), converter=_names)
+    prompt_starts_with_bos: bool = False
+    description: str = ""
+
+    def render_messages(self, messages: Sequence[Message], system_prompt: str | None = None) -> str:
+        return self.messages_to_prompt(messages, system_prompt=system_prompt)
+
+    def render_completion(self, completion: str, system_prompt: str | None = None) -> str:
+        return self.completion_to_prompt(completion, system_prompt=system_prompt)
+
+
+def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@frozen
+class ModelRequest:
+    """What the user asked to load; a model source turns it into a local GGUF path.
+
+    Exactly one of ``model_path``, ``model_url`` and ``hf_model_id`` is set.
+    ``options`` carries source-specific settings (for example a checksum).
+    """
+
+    model_path: str | None = None
+    model_url: str | None = None
+    hf_model_id: str | None = None
+    hf_filename: str | None = None
+    hf_revision: str | None = None
+    options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
+
+    @property
+    def kind(self) -> str:
+        """``"path"``, ``"url"`` or ``"hf"``: which of the three inputs is set."""
+        if self.hf_model_id is not None:
+            return "hf"
+        if self.model_url is not None:
+            return "url"
+        return "path"
+
+    def describe(self) -> str:
+        if self.hf_model_id is not None:
+            return f"hf_model_id={self.hf_model_id!r}, hf_filename={self.hf_filename!r}"
+        if self.model_url is not None:
+            return f"model_url={self.model_url!r}"
+        return f"model_path={self.model_path!r}"
+
+
+@frozen
+class ModelSource:
+    """A way to obtain a GGUF file: local paths, URLs, the Hugging Face Hub, ...
+
+    The host asks sources in order of descending ``priority`` (built-in sources use
+    0), and the first whose ``handles(request)`` is true resolves it, so a
+    third-party source with a higher priority takes precedence for what it claims.
+    """
+
+    name: str = field(validator=_non_empty)
+    handles: Callable[[ModelRequest], bool]
+    resolve: Callable[[ModelRequest], Path]
+    priority: int = 0
+    description: str = ""
+
+
+@frozen
+class BackendSpec:
+    """A named way to run models; ``load(path, options)`` returns a ``LoadedModel``."""
+
+    name: str = field(validator=_non_empty)
+    load: Callable[[Path, Mapping[str, Any]], LoadedModel]
+    aliases: tuple[str, ...] = field(default=(), converter=_names)
+    description: str = ""

@@ -1,0 +1,24 @@
+"""serapeum-llama-cpp: local LLM inference on GGUF files through llama-cpp-python.
+
+from serapeum.llama_cpp import LlamaCPP
+llm = LlamaCPP(model_path="model.gguf", formatter="llama3")
+print(llm.complete("Hello!").text)
+"""
+
+from serapeum.llama_cpp.errors import (
+    ContextWindowExceededError,
+    MissingFormatterError,
+    ModelBusyError,
+    ModelLoadError,
+    NotGGUFError,
+)
+from serapeum.llama_cpp.llm import LlamaCPP
+
+__all__ = [
+    "ContextWindowExceededError",
+    "LlamaCPP",
+    "MissingFormatterError",
+    "ModelBusyError",
+    "ModelLoadError",
+    "NotGGUFError",
+]

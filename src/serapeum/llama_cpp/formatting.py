@@ -1,0 +1,107 @@
+"""How an engine turns messages and instructions into prompt text.
+
+Resolves the user's choice (seed-style callables, a formatter name, or a
+``PromptFormatter``) once, at construction, into one ``PromptWriter``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from attrs import frozen
+
+from serapeum.core.errors import ConfigurationError
+from serapeum.core.llms import Message, MessageRole
+from serapeum.core.plugins import PluginHost, PromptFormatter
+from serapeum.llama_cpp.errors import MissingFormatterError
+
+
+def _accepts_system_prompt(function: Callable[..., str]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # builtins without a signature: assume the seed's
+        return True
+    return "system_prompt" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+@frozen
+class PromptWriter:
+    """Writes prompts for one model, with the system prompt applied."""
+
+    messages_to_prompt: Callable[..., str]
+    completion_to_prompt: Callable[..., str]
+    system_prompt: str | None
+    stop: tuple[str, ...]
+    formatter_name: str | None
+    messages_take_system: bool
+    completion_takes_system: bool
+
+    def messages(self, messages: Sequence[Message]) -> str:
+        if self.messages_take_system:
+            return self.messages_to_prompt(messages, system_prompt=self.system_prompt)
+        if self.system_prompt is not None and (
+            not messages or messages[0].role is not MessageRole.SYSTEM
+        ):
+            messages = [Message(role=MessageRole.SYSTEM, content=self.system_prompt), *messages]
+        return self.messages_to_prompt(messages)
+
+    def completion(self, prompt: str) -> str:
+        if self.completion_takes_system:
+            return self.completion_to_prompt(prompt, system_prompt=self.system_prompt)
+        return self.completion_to_prompt(prompt)
+
+
+def build_prompt_writer(
+    *,
+    formatter: str | PromptFormatter | None,
+    messages_to_prompt: Callable[..., str] | None,
+    completion_to_prompt: Callable[..., str] | None,
+    system_prompt: str | None,
+    plugins: PluginHost,
+) -> PromptWriter:
+    """Pick the functions that write prompts; explicit functions override the formatter's."""
+    chosen: PromptFormatter | None
+    if isinstance(formatter, str):
+        chosen = plugins.formatters.get(formatter)
+    elif formatter is None or isinstance(formatter, PromptFormatter):
+        chosen = formatter
+    else:
+        raise ConfigurationError(
+            f"formatter must be a registered name or a PromptFormatter, got {formatter!r}"
+        )
+    to_messages = messages_to_prompt or (chosen.messages_to_prompt if chosen else None)
+    to_completion = completion_to_prompt or (chosen.completion_to_prompt if chosen else None)
+    if to_messages is None or to_completion is None:
+        missing = " and ".join(
+            name
+            for name, value in (
+                ("messages_to_prompt", to_messages),
+                ("completion_to_prompt", to_completion),
+            )
+            if value is None
+        )
+        installed = ", ".join(plugins.formatters.names()) or "none installed"
+        raise MissingFormatterError(
+            f"missing prompt formatters: LlamaCPP needs {missing} to write prompts in the "
+            f"model's format. Pass formatter='<name>' (installed formatters: {installed}), "
+            "a PromptFormatter, or both messages_to_prompt= and completion_to_prompt= functions"
+        )
+    messages_take_system = _accepts_system_prompt(to_messages)
+    completion_takes_system = _accepts_system_prompt(to_completion)
+    if system_prompt is not None and not completion_takes_system:
+        raise ConfigurationError(
+            "system_prompt is set but completion_to_prompt takes no system_prompt argument, so "
+            "complete() would drop it; give the function a `system_prompt=None` parameter"
+        )
+    return PromptWriter(
+        messages_to_prompt=to_messages,
+        completion_to_prompt=to_completion,
+        system_prompt=system_prompt,
+        stop=chosen.stop if chosen else (),
+        formatter_name=chosen.name if chosen else None,
+        messages_take_system=messages_take_system,
+        completion_takes_system=completion_takes_system,
+    )

@@ -1,0 +1,318 @@
+"""``LlamaCPP``: complete, chat, stream and await on a local GGUF model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from attrs import define, evolve, field
+from attrs import validators as v
+
+from serapeum.core.errors import ConfigurationError
+from serapeum.core.llms import (
+    LLM,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    CompletionToChatMixin,
+    Message,
+    Metadata,
+)
+from serapeum.core.llms.thread_bridge import iterate_in_thread, run_in_thread
+from serapeum.core.llms.types import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
+from serapeum.core.plugins import (
+    GenerationRequest,
+    LoadedModel,
+    PluginHost,
+    PromptFormatter,
+    get_plugin_host,
+)
+from serapeum.llama_cpp.errors import ContextWindowExceededError
+from serapeum.llama_cpp.formatting import PromptWriter, build_prompt_writer
+from serapeum.llama_cpp.gguf_file import require_gguf
+from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
+from serapeum.llama_cpp.sources import build_model_request, resolve_model
+
+DEFAULT_TEMPERATURE = 0.75
+_SAMPLING_FIELDS = ("temperature", "max_tokens", "stop")
+
+
+def _check_temperature(value: Any, name: str = "temperature") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"{name} must be a number from 0.0 to 1.0, got {value!r}")
+    return float(value)
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _validate(check: Callable[..., Any]) -> Callable[[Any, Any, Any], None]:
+    def validator(_instance: Any, attribute: Any, value: Any) -> None:
+        check(value, attribute.name)
+
+    return validator
+
+
+def _check_gpu_layers(_instance: Any, _attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ConfigurationError(
+            f"n_gpu_layers must be an integer >= -1 (-1 offloads every layer), got {value!r}"
+        )
+
+
+def _stop_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _normalise_generation_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept the seed's ``max_new_tokens`` spelling next to the backend's ``max_tokens``."""
+    normalised = dict(values)
+    if "max_new_tokens" in normalised:
+        normalised["max_tokens"] = normalised.pop("max_new_tokens")
+    return normalised
+
+
+@define(kw_only=True, eq=False)
+class LlamaCPP(CompletionToChatMixin, LLM):
+    """A GGUF model run by llama.cpp, with the prompt format of its family.
+
+    The model is resolved by a source plugin and loaded at construction; instances
+    with the same model file and load options share one loaded model (and its lock).
+    """
+
+    model_path: str | None = None
+    model_url: str | None = None
+    hf_model_id: str | None = None
+    hf_filename: str | None = None
+    hf_revision: str | None = None
+    temperature: float = field(default=DEFAULT_TEMPERATURE, validator=_validate(_check_temperature))
+    max_new_tokens: int = field(
+        default=DEFAULT_NUM_OUTPUTS, validator=_validate(_check_positive_int)
+    )
+    context_window: int = field(
+        default=DEFAULT_CONTEXT_WINDOW, validator=_validate(_check_positive_int)
+    )
+    stop: list[str] = field(factory=list, converter=_stop_list)
+    n_gpu_layers: int = field(default=0, validator=_check_gpu_layers)
+    verbose: bool = False
+    model_kwargs: dict[str, Any] = field(factory=dict, converter=lambda d: dict(d or {}))
+    generate_kwargs: dict[str, Any] = field(factory=dict, converter=lambda d: dict(d or {}))
+    messages_to_prompt: Callable[..., str] | None = field(
+        default=None, validator=v.optional(v.is_callable())
+    )
+    completion_to_prompt: Callable[..., str] | None = field(
+        default=None, validator=v.optional(v.is_callable())
+    )
+    formatter: str | PromptFormatter | None = None
+    system_prompt: str | None = None
+    backend: str = "llama-cpp"
+    plugins: PluginHost | None = field(default=None, repr=False)
+
+    _writer: PromptWriter = field(init=False, repr=False)
+    _model: LoadedModel = field(init=False, repr=False)
+    _resolved_path: Path = field(init=False, repr=False)
+    _context_limit: int = field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        host = self.plugins if self.plugins is not None else get_plugin_host()
+        # Everything that can be checked without the disk is checked first.
+        request = build_model_request(
+            model_path=self.model_path,
+            model_url=self.model_url,
+            hf_model_id=self.hf_model_id,
+            hf_filename=self.hf_filename,
+            hf_revision=self.hf_revision,
+        )
+        self._check_generate_kwargs(self.generate_kwargs)
+        self._writer = build_prompt_writer(
+            formatter=self.formatter,
+            messages_to_prompt=self.messages_to_prompt,
+            completion_to_prompt=self.completion_to_prompt,
+            system_prompt=self.system_prompt,
+            plugins=host,
+        )
+        backend = host.backends.entry(self.backend)
+        path = resolve_model(request, host)
+        require_gguf(path)
+        options = {
+            "n_ctx": self.context_window,
+            "n_gpu_layers": self.n_gpu_layers,
+            "verbose": self.verbose,
+            **self.model_kwargs,
+        }
+        key = cache_key(backend.item.name, path, options)
+        self._model = MODEL_CACHE.get_or_load(key, lambda: backend.item.load(path, options))
+        self._resolved_path = path
+        # llama.cpp may round n_ctx up; the guard keeps to what the user asked for.
+        requested = int(options.get("n_ctx") or self._model.n_ctx)
+        self._context_limit = min(requested, self._model.n_ctx)
+        if self.model_path is None:
+            self.model_path = str(path)
+
+    # -- information ----------------------------------------------------------------
+    @property
+    def metadata(self) -> Metadata:
+        return Metadata(
+            context_window=self._context_limit,
+            num_output=self.max_new_tokens,
+            model_name=str(self._resolved_path),
+            is_chat_model=False,
+        )
+
+    @property
+    def formatter_name(self) -> str | None:
+        """The registered formatter in use, or None for plain functions."""
+        return self._writer.formatter_name
+
+    @property
+    def loaded_model(self) -> LoadedModel:
+        """The shared loaded model (advanced use: benchmarks, diagnostics)."""
+        return self._model
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model sees a prompt (with BOS, exactly once)."""
+        return self._model.tokenize(text)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    # -- prompt writing -------------------------------------------------------------
+    def format_messages(self, messages: Sequence[Message]) -> str:
+        return self._writer.messages(messages)
+
+    def format_completion(self, prompt: str) -> str:
+        return self._writer.completion(prompt)
+
+    # -- requests -------------------------------------------------------------------
+    @staticmethod
+    def _check_generate_kwargs(values: Mapping[str, Any]) -> None:
+        values = _normalise_generation_kwargs(values)
+        if "temperature" in values:
+            _check_temperature(values["temperature"])
+        if "max_tokens" in values:
+            _check_positive_int(values["max_tokens"], "max_new_tokens")
+
+    def _build_request(
+        self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
+    ) -> GenerationRequest:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        settings: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_new_tokens,
+            "stop": self.stop,
+        }
+        settings.update(_normalise_generation_kwargs(self.generate_kwargs))
+        per_call = _normalise_generation_kwargs(kwargs)
+        self._check_generate_kwargs(per_call)
+        settings.update(per_call)
+
+        text = prompt if formatted else self.format_completion(prompt)
+        tokens = self._model.tokenize(text)
+        n_ctx = self._context_limit
+        if len(tokens) >= n_ctx:
+            raise ContextWindowExceededError(
+                f"the prompt is {len(tokens)} tokens but the context window is {n_ctx} "
+                f"tokens, leaving no room for an answer; shorten the prompt or raise "
+                f"context_window (the model's own limit is in its GGUF metadata)",
+                prompt_tokens=len(tokens),
+                context_window=n_ctx,
+            )
+        stop = list(dict.fromkeys([*_stop_list(settings["stop"]), *self._writer.stop]))
+        options = {k: val for k, val in settings.items() if k not in _SAMPLING_FIELDS}
+        return GenerationRequest(
+            prompt_tokens=tokens,
+            max_tokens=min(settings["max_tokens"], n_ctx - len(tokens)),
+            temperature=float(settings["temperature"]),
+            stop=stop,
+            options=options,
+        )
+
+    # -- completion -----------------------------------------------------------------
+    @overload
+    def complete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> CompletionResponse: ...
+
+    @overload
+    def complete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+    ) -> CompletionResponseGen: ...
+
+    def complete(
+        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+    ) -> CompletionResponse | CompletionResponseGen:
+        """Complete ``prompt`` (written in the model's format unless ``formatted``).
+
+        Keyword arguments override ``generate_kwargs`` and the instance's settings for
+        this call only. With ``stream=True`` returns an iterator of chunks whose
+        ``delta`` is the new text and ``text`` the text so far.
+        """
+        request = self._build_request(prompt, formatted, kwargs)
+        if stream:
+            return self._stream(request)
+        return self._complete(request)
+
+    def _complete(self, request: GenerationRequest) -> CompletionResponse:
+        result = self._model.complete(request)
+        return CompletionResponse(text=result.text, raw=result.raw)
+
+    def _stream(self, request: GenerationRequest) -> Iterator[CompletionResponse]:
+        chunks = self._model.stream(request)
+        text = ""
+        try:
+            for chunk in chunks:
+                text += chunk.delta
+                yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    @overload
+    async def acomplete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> CompletionResponse: ...
+
+    @overload
+    async def acomplete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+    ) -> CompletionResponseAsyncGen: ...
+
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+    ) -> CompletionResponse | CompletionResponseAsyncGen:
+        """``complete`` without blocking the event loop; generation runs in a worker thread.
+
+        With ``stream=True`` returns an async iterator that yields each chunk as soon as
+        it is generated. Cancelling the task, ``break`` or ``aclose()`` stops generation
+        within a token and frees the model.
+        """
+        request = self._build_request(prompt, formatted, kwargs)
+        if stream:
+            return self._astream(request)
+        return await run_in_thread(
+            lambda cancel: self._complete(evolve(request, cancel=cancel)),
+            name="serapeum-acomplete",
+        )
+
+    async def _astream(self, request: GenerationRequest) -> AsyncIterator[CompletionResponse]:
+        chunks = iterate_in_thread(
+            lambda cancel: self._model.stream(evolve(request, cancel=cancel)),
+            name="serapeum-astream",
+        )
+        text = ""
+        try:
+            async for chunk in chunks:
+                text += chunk.delta
+                yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,150 @@
+"""Entry-point discovery of real installed distributions, and plugins that fail to import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from serapeum.core.plugins import PluginHost, PluginLoadError
+
+
+def test_installed_plugins_are_discovered(plugin_host: PluginHost) -> None:
+    distributions = {info.distribution for info in plugin_host.plugins()}
+    assert {
+        "serapeum-llama-cpp",
+        "serapeum-source-local",
+        "serapeum-formatters-llama",
+        "serapeum-formatters-mistral",
+    } <= distributions
+    assert {"llama2", "llama3", "mistral"} <= set(plugin_host.formatters.names())
+    assert plugin_host.formatters.entry("llama3").distribution == "serapeum-formatters-llama"
+    assert plugin_host.formatters.entry("mistral").distribution == "serapeum-formatters-mistral"
+    assert [entry.item.name for entry in plugin_host.sources] == ["local"]
+    assert plugin_host.backends.names() == ["llama-cpp"]
+    assert plugin_host.failures == []
+
+
+def _write_distribution(site: Path, name: str, entry_points: str) -> None:
+    """A real installed distribution's metadata, as pip would leave it in site-packages."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
+
+
+def test_plugin_that_fails_to_import_is_reported_and_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_distribution(
+        tmp_path, "broken-plugin", "[serapeum]\nbroken = serapeum_no_such_module.plugin\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    assert [(f.plugin, f.distribution) for f in host.failures] == [("broken", "broken-plugin")]
+    assert "serapeum_no_such_module" in host.failures[0].error
+    assert {"llama2", "llama3", "mistral"} <= set(host.formatters.names())
+
+
+def test_strict_mode_turns_an_import_failure_into_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_distribution(
+        tmp_path, "broken-plugin", "[serapeum]\nbroken = serapeum_no_such_module.plugin\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SERAPEUM_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="broken-plugin"):
+        PluginHost().load_entry_points()
+
+
+THIRD_PARTY_PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "acme-formatters-pirate"
+version = "0.0.1"
+
+[project.entry-points.serapeum]
+pirate = "acme_pirate"
+
+[tool.hatch.build.targets.wheel]
+packages = ["acme_pirate"]
+"""
+
+THIRD_PARTY_MODULE = """
+from serapeum.core.plugins import PromptFormatter, hookimpl
+
+
+def messages_to_prompt(messages, system_prompt=None):
+    return "".join(f"{m.role.value} says: {m.content}\\n" for m in messages) + "pirate says:"
+
+
+def completion_to_prompt(completion, system_prompt=None):
+    return f"Arr! {completion}\\npirate says:"
+
+
+@hookimpl
+def serapeum_register_formatters():
+    return [PromptFormatter(name="pirate", aliases=("arr",), messages_to_prompt=messages_to_prompt,
+                            completion_to_prompt=completion_to_prompt, stop=("\\n",))]
+"""
+
+USE_IT = """
+import sys
+from serapeum.core.llms import Message
+from serapeum.llama_cpp import LlamaCPP
+
+llm = LlamaCPP(model_path=sys.argv[1], formatter="Pirate", temperature=0.0, max_new_tokens=8)
+assert llm.formatter_name == "pirate", llm.formatter_name
+assert llm.format_completion("hi") == "Arr! hi\\npirate says:"
+answer = llm.complete("hi")
+chat = llm.chat([Message.user("hello")])
+print("OK", llm.formatter_name, answer.raw["usage"]["prompt_tokens"], chat.message.role.value)
+"""
+
+
+def test_third_party_distribution_installed_with_pip_is_selectable_by_name(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    project = tmp_path / "acme-formatters-pirate"
+    (project / "acme_pirate").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(THIRD_PARTY_PYPROJECT)
+    (project / "acme_pirate" / "__init__.py").write_text(THIRD_PARTY_MODULE)
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(project),
+        ],
+        check=True,
+    )
+    env_path = f"{target}"
+    result = subprocess.run(
+        [sys.executable, "-c", USE_IT, str(tiny_model_path)],
+        env={**__import__("os").environ, "PYTHONPATH": env_path},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK pirate ")
+    # Without the distribution on the path the name is unknown, proving it came from pip.
+    missing = subprocess.run(
+        [sys.executable, "-c", USE_IT, str(tiny_model_path)], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "no formatter named 'Pirate'" in missing.stderr

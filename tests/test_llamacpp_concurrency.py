@@ -1,0 +1,150 @@
+"""Threads on shared models, and stopping streams early: no crash, lock always released."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from serapeum.core.llms import Message
+from serapeum.core.llms.thread_bridge import RUN_AHEAD
+from serapeum.llama_cpp import LlamaCPP, ModelBusyError
+
+
+def _wait_unlocked(llm: LlamaCPP, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while llm.loaded_model.lock.locked():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _evaluated_tokens(llm: LlamaCPP) -> int:
+    """Tokens llama.cpp has evaluated in the context: prompt plus generated so far."""
+    return int(llm.loaded_model.llama.n_tokens)
+
+
+def _prompt_tokens(llm: LlamaCPP) -> int:
+    return llm.count_tokens(llm.format_completion("Hello"))
+
+
+def test_threads_on_two_instances_sharing_one_model(tiny_model_path: Path) -> None:
+    a = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", temperature=0.0)
+    b = LlamaCPP(model_path=str(tiny_model_path), formatter="mistral", temperature=0.0)
+    assert a.loaded_model is b.loaded_model
+    expected = {
+        (name, i): llm.complete(f"question {i}", max_new_tokens=12).text
+        for name, llm in (("a", a), ("b", b))
+        for i in range(4)
+    }
+
+    def work(job: tuple[str, int]) -> tuple[tuple[str, int], str]:
+        name, i = job
+        llm = a if name == "a" else b
+        if i % 2:
+            text = "".join(
+                c.delta for c in llm.complete(f"question {i}", stream=True, max_new_tokens=12)
+            )
+        else:
+            text = llm.complete(f"question {i}", max_new_tokens=12).text
+        return job, text
+
+    jobs = list(expected) * 3
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(work, jobs))
+    for job, text in results:
+        assert text == expected[job], job
+    assert not a.loaded_model.lock.locked()
+
+
+def test_breaking_out_of_a_stream_releases_the_lock(tiny_llm: LlamaCPP) -> None:
+    stream = tiny_llm.complete("Hello", stream=True, max_new_tokens=200)
+    for count, _chunk in enumerate(stream):
+        if count == 2:
+            break
+    stream.close()
+    assert not tiny_llm.loaded_model.lock.locked()
+    assert tiny_llm.complete("Hi", max_new_tokens=2).text is not None
+
+
+def test_chat_stream_close_stops_generation(tiny_llm: LlamaCPP) -> None:
+    stream = tiny_llm.chat([Message.user("Hi")], stream=True, max_new_tokens=200)
+    next(stream)
+    assert tiny_llm.loaded_model.lock.locked()
+    stream.close()
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_same_thread_second_call_during_open_stream_fails_clearly(tiny_llm: LlamaCPP) -> None:
+    stream = tiny_llm.complete("Hello", stream=True, max_new_tokens=50)
+    next(stream)
+    with pytest.raises(ModelBusyError, match="unfinished stream in this thread"):
+        tiny_llm.complete("again", max_new_tokens=2)
+    stream.close()
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_async_stream_aclose_stops_generation_within_a_token_or_two(tiny_model_path: Path) -> None:
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", temperature=0.0)
+
+    async def run() -> list[str]:
+        stream = await llm.acomplete("Hello", stream=True, max_new_tokens=1500, stop=[])
+        deltas = [(await anext(stream)).delta for _ in range(3)]
+        await stream.aclose()
+        return deltas
+
+    asyncio.run(run())
+    assert not llm.loaded_model.lock.locked()  # aclose() returns after the worker let go
+    # 3 consumed, at most RUN_AHEAD produced ahead, and a token or two while stopping
+    assert _evaluated_tokens(llm) <= _prompt_tokens(llm) + 3 + RUN_AHEAD + 2
+
+
+def test_async_stream_break_then_loop_end_releases(tiny_llm: LlamaCPP) -> None:
+    async def run() -> None:
+        async for chunk in await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=1500):
+            assert chunk.delta is not None
+            break
+
+    asyncio.run(run())  # asyncio.run finalises the abandoned generator
+    assert _wait_unlocked(tiny_llm)
+
+
+def test_cancelling_an_async_stream_task_stops_generation(tiny_model_path: Path) -> None:
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", temperature=0.0)
+    seen: list[int] = []
+
+    async def consume() -> None:
+        async for chunk in await llm.acomplete("Hello", stream=True, max_new_tokens=3000, stop=[]):
+            seen.append(len(chunk.text))
+
+    async def run() -> None:
+        task = asyncio.create_task(consume())
+        while len(seen) < 3:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert not llm.loaded_model.lock.locked()
+    assert _evaluated_tokens(llm) < _prompt_tokens(llm) + 100  # of 3,000 allowed
+
+
+def test_cancelling_acomplete_stops_generation(tiny_model_path: Path) -> None:
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", temperature=0.0)
+
+    async def run() -> None:
+        task = asyncio.create_task(llm.acomplete("Hello", max_new_tokens=3500, stop=[]))
+        while not llm.loaded_model.lock.locked():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert not llm.loaded_model.lock.locked()  # the worker stopped before cancel returned
+    assert _evaluated_tokens(llm) < _prompt_tokens(llm) + 100  # of 3,500 allowed

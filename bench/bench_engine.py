@@ -52,7 +52,9 @@ def _median_time(run: Callable[[], object], repeats: int) -> float:
 
 def bench_generation(llm: LlamaCPP, tokens: int, repeats: int) -> dict[str, float]:
     raw = llm.loaded_model.llama  # the very Llama object LlamaCPP drives
-    settings = {"max_tokens": tokens, "temperature": 0.0, "stop": []}
+    # LlamaCPP always adds the formatter's end-of-turn markers to the stop sequences; the
+    # raw call gets the same list, so both do the same per-token stop checks.
+    settings = {"max_tokens": tokens, "temperature": 0.0, "stop": list(DEMO_FORMATTER.stop)}
     # Plain text sent as written (no BOS text in it), so the raw call's own tokenisation
     # gives the same token ids as ours and both generate the same text.
     prompt = PROMPT

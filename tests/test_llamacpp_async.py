@@ -108,3 +108,34 @@ def test_concurrent_async_streams(tiny_llm: LlamaCPP) -> None:
 
     results = asyncio.run(run())
     assert results == [tiny_llm.complete(f"p{i}", max_new_tokens=10).text for i in range(4)]
+
+
+def test_async_calls_of_one_model_share_one_worker_thread_that_ends_with_the_model(
+    tiny_model_path: Path,
+) -> None:
+    import gc
+    import threading
+
+    from serapeum.llama_cpp.model_cache import MODEL_CACHE
+
+    def workers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("serapeum-worker:")}
+
+    before = workers()
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", context_window=640)
+    cached = len(MODEL_CACHE)
+
+    async def run(model: LlamaCPP) -> None:
+        await model.acomplete("a", max_new_tokens=2)
+        async for _ in await model.acomplete("b", stream=True, max_new_tokens=2):
+            pass
+
+    asyncio.run(run(llm))
+    assert len(workers() - before) == 1
+    del llm
+    gc.collect()
+    assert len(MODEL_CACHE) == cached - 1  # the model was freed...
+    deadline = time.monotonic() + 10
+    while workers() - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not workers() - before  # ...and its worker thread ended

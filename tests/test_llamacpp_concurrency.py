@@ -140,6 +140,7 @@ def test_cancelling_acomplete_stops_generation(tiny_model_path: Path) -> None:
     async def run() -> None:
         task = asyncio.create_task(llm.acomplete("Hello", max_new_tokens=3500, stop=[]))
         while not llm.loaded_model.lock.locked():
+            assert not task.done(), task  # finishing (or failing) first would be a bug
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -19,7 +21,7 @@ from serapeum.core.llms import (
     Message,
     Metadata,
 )
-from serapeum.core.llms.thread_bridge import iterate_in_thread, run_in_thread
+from serapeum.core.llms.thread_bridge import Worker, iterate_in_thread, run_in_thread
 from serapeum.core.llms.types import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from serapeum.core.plugins import (
     GenerationRequest,
@@ -35,6 +37,23 @@ from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
 DEFAULT_TEMPERATURE = 0.75
+
+# One long-lived worker thread per loaded model runs its async calls (the model's lock
+# serialises them anyway); it ends when the model is freed.
+_workers: weakref.WeakKeyDictionary[Any, Worker] = weakref.WeakKeyDictionary()
+_workers_lock = threading.Lock()
+
+
+def _worker_for(model: LoadedModel) -> Worker:
+    with _workers_lock:
+        worker = _workers.get(model)
+        if worker is None:
+            worker = Worker(name=f"serapeum-worker:{model.name}")
+            weakref.finalize(model, worker.stop)
+            _workers[model] = worker
+        return worker
+
+
 _SAMPLING_FIELDS = ("temperature", "max_tokens", "stop")
 
 
@@ -301,13 +320,13 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             return self._astream(request)
         return await run_in_thread(
             lambda cancel: self._complete(evolve(request, cancel=cancel)),
-            name="serapeum-acomplete",
+            worker=_worker_for(self._model),
         )
 
     async def _astream(self, request: GenerationRequest) -> AsyncIterator[CompletionResponse]:
         chunks = iterate_in_thread(
             lambda cancel: self._model.stream(evolve(request, cancel=cancel)),
-            name="serapeum-astream",
+            worker=_worker_for(self._model),
         )
         text = ""
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from serapeum.core.llms.types import (
     ChatResponse,
@@ -28,11 +28,31 @@ class BaseLLM(ABC):
     def metadata(self) -> Metadata:
         """Context window, output budget, model name and whether the model is chat-native."""
 
+    @overload
+    def complete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> CompletionResponse: ...
+
+    @overload
+    def complete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+    ) -> CompletionResponseGen: ...
+
     @abstractmethod
     def complete(
         self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
     ) -> CompletionResponse | CompletionResponseGen:
         """Complete ``prompt``; ``formatted=True`` means it is already in the model's format."""
+
+    @overload
+    def chat(
+        self, messages: Sequence[Message], *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> ChatResponse: ...
+
+    @overload
+    def chat(
+        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+    ) -> ChatResponseGen: ...
 
     @abstractmethod
     def chat(
@@ -40,11 +60,31 @@ class BaseLLM(ABC):
     ) -> ChatResponse | ChatResponseGen:
         """Answer the conversation ``messages`` as the assistant."""
 
+    @overload
+    async def acomplete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> CompletionResponse: ...
+
+    @overload
+    async def acomplete(
+        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+    ) -> CompletionResponseAsyncGen: ...
+
     @abstractmethod
     async def acomplete(
         self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
     ) -> CompletionResponse | CompletionResponseAsyncGen:
         """``complete`` without blocking the event loop."""
+
+    @overload
+    async def achat(
+        self, messages: Sequence[Message], *, stream: Literal[False] = ..., **kwargs: Any
+    ) -> ChatResponse: ...
+
+    @overload
+    async def achat(
+        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+    ) -> ChatResponseAsyncGen: ...
 
     @abstractmethod
     async def achat(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from serapeum.core.llms.types import (
     ChatResponse,
@@ -64,6 +64,20 @@ async def _achat_stream(completions: CompletionResponseAsyncGen) -> ChatResponse
 class CompletionToChatMixin:
     """Gives a completion LLM ``chat``/``achat``: ``format_messages`` then ``complete``."""
 
+    @overload
+    def chat(
+        self: _CompletingLLM,
+        messages: Sequence[Message],
+        *,
+        stream: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> ChatResponse: ...
+
+    @overload
+    def chat(
+        self: _CompletingLLM, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+    ) -> ChatResponseGen: ...
+
     def chat(
         self: _CompletingLLM, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
     ) -> ChatResponse | ChatResponseGen:
@@ -75,6 +89,20 @@ class CompletionToChatMixin:
         response = self.complete(prompt, formatted=True, **kwargs)
         assert isinstance(response, CompletionResponse)
         return completion_to_chat_response(response)
+
+    @overload
+    async def achat(
+        self: _CompletingLLM,
+        messages: Sequence[Message],
+        *,
+        stream: Literal[False] = ...,
+        **kwargs: Any,
+    ) -> ChatResponse: ...
+
+    @overload
+    async def achat(
+        self: _CompletingLLM, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+    ) -> ChatResponseAsyncGen: ...
 
     async def achat(
         self: _CompletingLLM, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any

@@ -7,13 +7,21 @@ The engine speaks token ids and requests, never a backend's own objects, so the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
 __all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
+
+
+def _ints(values: Iterable[int]) -> tuple[int, ...]:
+    return tuple(values)
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -27,10 +35,10 @@ class GenerationRequest:
     ``cancel`` is set by the caller to stop generation at the next token.
     """
 
-    prompt_tokens: tuple[int, ...] = field(converter=tuple)
+    prompt_tokens: tuple[int, ...] = field(converter=_ints)
     max_tokens: int
     temperature: float
-    stop: tuple[str, ...] = field(default=(), converter=tuple)
+    stop: tuple[str, ...] = field(default=(), converter=_strings)
     options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
     cancel: threading.Event | None = field(default=None, eq=False)
 

@@ -22,7 +22,7 @@ from attrs import frozen
 from serapeum.core.plugins import hookspecs
 from serapeum.core.plugins.descriptors import BackendSpec, ModelSource, PromptFormatter
 from serapeum.core.plugins.errors import PluginLoadError, PluginValidationError
-from serapeum.core.plugins.registry import Registered, Registry
+from serapeum.core.plugins.registry import Named, Registered, Registry
 
 logger = logging.getLogger("serapeum.plugins")
 
@@ -30,7 +30,7 @@ ENTRY_POINT_GROUP = "serapeum"
 STRICT_ENV_VAR = "SERAPEUM_STRICT_PLUGINS"
 LOCAL_DISTRIBUTION = "<registered in code>"
 
-D = TypeVar("D")
+D = TypeVar("D", bound=Named)
 
 
 @frozen

@@ -16,12 +16,14 @@ def normalize_name(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
-class _Named(Protocol):
+class Named(Protocol):
+    """Anything registered by name (descriptors have ``name`` and may have ``aliases``)."""
+
     @property
     def name(self) -> str: ...
 
 
-T = TypeVar("T", bound=_Named)
+T = TypeVar("T", bound=Named)
 
 
 @frozen

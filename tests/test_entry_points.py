@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -133,10 +134,9 @@ def test_third_party_distribution_installed_with_pip_is_selectable_by_name(
         ],
         check=True,
     )
-    env_path = f"{target}"
     result = subprocess.run(
         [sys.executable, "-c", USE_IT, str(tiny_model_path)],
-        env={**__import__("os").environ, "PYTHONPATH": env_path},
+        env={**os.environ, "PYTHONPATH": str(target)},
         capture_output=True,
         text=True,
         check=False,

@@ -148,3 +148,21 @@ def test_third_party_distribution_installed_with_pip_is_selectable_by_name(
         [sys.executable, "-c", USE_IT, str(tiny_model_path)], capture_output=True, text=True
     )
     assert missing.returncode != 0 and "no formatter named 'Pirate'" in missing.stderr
+
+
+def test_plugin_whose_hook_signature_is_wrong_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "serapeum_bad_signature.py").write_text(
+        "from serapeum.core.plugins import hookimpl\n\n"
+        "@hookimpl\n"
+        "def serapeum_register_formatters(unexpected_argument):\n"
+        "    return []\n"
+    )
+    _write_distribution(tmp_path, "bad-signature", "[serapeum]\nbad = serapeum_bad_signature\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    assert [(f.plugin, f.distribution) for f in host.failures] == [("bad", "bad-signature")]
+    assert "unexpected_argument" in host.failures[0].error
+    assert {"llama2", "llama3", "mistral"} <= set(host.formatters.names())

@@ -149,3 +149,17 @@ def test_cancelling_acomplete_stops_generation(tiny_model_path: Path) -> None:
     asyncio.run(run())
     assert not llm.loaded_model.lock.locked()  # the worker stopped before cancel returned
     assert _evaluated_tokens(llm) < _prompt_tokens(llm) + 100  # of 3,500 allowed
+
+
+def test_same_task_second_async_call_during_open_stream_fails_clearly(tiny_llm: LlamaCPP) -> None:
+    async def run() -> None:
+        stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50)
+        await anext(stream)
+        with pytest.raises(ModelBusyError, match="unfinished async stream in this task"):
+            await tiny_llm.acomplete("again", max_new_tokens=2)
+        await stream.aclose()
+        # once closed, the same task may call again
+        assert (await tiny_llm.acomplete("again", max_new_tokens=2)).text is not None
+
+    asyncio.run(run())
+    assert not tiny_llm.loaded_model.lock.locked()

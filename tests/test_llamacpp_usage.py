@@ -205,3 +205,14 @@ def test_instances_share_one_loaded_model_and_its_lock(tiny_model_path: Path) ->
         model_path=str(tiny_model_path), formatter="llama2", context_window=512
     )
     assert different_ctx.loaded_model is not first.loaded_model
+
+
+def test_explicit_functions_override_the_formatters(tiny_model_path: Path) -> None:
+    llm = LlamaCPP(
+        model_path=str(tiny_model_path),
+        formatter="llama2",
+        completion_to_prompt=lambda completion, system_prompt=None: f"<<{completion}>>",
+    )
+    assert llm.format_completion("hi") == "<<hi>>"
+    assert llm.format_messages([Message.user("hi")]) == messages_to_prompt([Message.user("hi")])
+    assert llm.formatter_name == "llama2"

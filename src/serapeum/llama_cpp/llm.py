@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ from serapeum.core.plugins import (
     PromptFormatter,
     get_plugin_host,
 )
-from serapeum.llama_cpp.errors import ContextWindowExceededError
+from serapeum.llama_cpp.errors import ContextWindowExceededError, ModelBusyError
 from serapeum.llama_cpp.formatting import PromptWriter, build_prompt_writer
 from serapeum.llama_cpp.gguf_file import require_gguf
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
@@ -42,6 +43,22 @@ DEFAULT_TEMPERATURE = 0.75
 # serialises them anyway); it ends when the model is freed.
 _workers: weakref.WeakKeyDictionary[Any, Worker] = weakref.WeakKeyDictionary()
 _workers_lock = threading.Lock()
+
+
+# Tasks holding an unfinished async stream, per model: another call on that model from
+# the same task would queue behind its own stream and wait forever.
+_streaming_tasks: weakref.WeakKeyDictionary[Any, set[asyncio.Task[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _refuse_if_streaming(model: LoadedModel) -> None:
+    task = asyncio.current_task()
+    if task is not None and task in _streaming_tasks.get(model, ()):
+        raise ModelBusyError(
+            f"model {model.name!r} has an unfinished async stream in this task; consume it "
+            "to the end or `await stream.aclose()` before starting another call"
+        )
 
 
 def _worker_for(model: LoadedModel) -> Worker:
@@ -316,6 +333,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         within a token and frees the model.
         """
         request = self._build_request(prompt, formatted, kwargs)
+        _refuse_if_streaming(self._model)
         if stream:
             return self._astream(request)
         return await run_in_thread(
@@ -329,9 +347,14 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             worker=_worker_for(self._model),
         )
         text = ""
+        task = asyncio.current_task()
+        streaming = _streaming_tasks.setdefault(self._model, set())
+        if task is not None:
+            streaming.add(task)
         try:
             async for chunk in chunks:
                 text += chunk.delta
                 yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
         finally:
+            streaming.discard(task)  # type: ignore[arg-type]
             await chunks.aclose()  # type: ignore[attr-defined]

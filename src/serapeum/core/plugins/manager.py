@@ -101,7 +101,11 @@ class PluginHost:
                 self._fail(entry_point.name, distribution, f"import failed: {exc!r}", exc)
                 continue
             with self._lock:
-                self._pm.register(plugin, name=entry_point.name)
+                try:  # pluggy checks hook names and signatures against the specs here
+                    self._pm.register(plugin, name=entry_point.name)
+                except Exception as exc:
+                    self._fail(entry_point.name, distribution, f"invalid plugin: {exc}", exc)
+                    continue
                 self._origin[entry_point.name] = (distribution, version)
                 self._cache.clear()
 

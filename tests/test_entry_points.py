@@ -166,3 +166,17 @@ def test_plugin_whose_hook_signature_is_wrong_is_reported(
     assert [(f.plugin, f.distribution) for f in host.failures] == [("bad", "bad-signature")]
     assert "unexpected_argument" in host.failures[0].error
     assert {"llama2", "llama3", "mistral"} <= set(host.formatters.names())
+
+
+def test_an_entry_point_name_taken_by_another_distribution_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "serapeum_impostor.py").write_text("")
+    _write_distribution(tmp_path, "impostor-source", "[serapeum]\nlocal = serapeum_impostor\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    [failure] = host.failures  # whichever is found second is refused, naming the first
+    names = {"impostor-source", "serapeum-source-local"}
+    assert failure.distribution in names
+    assert f"already taken by {(names - {failure.distribution}).pop()}" in failure.error

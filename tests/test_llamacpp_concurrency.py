@@ -62,10 +62,17 @@ def test_threads_on_two_instances_sharing_one_model(tiny_model_path: Path) -> No
 
 
 def test_breaking_out_of_a_stream_releases_the_lock(tiny_llm: LlamaCPP) -> None:
-    stream = tiny_llm.complete("Hello", stream=True, max_new_tokens=200)
-    for count, _chunk in enumerate(stream):
+    for count, _chunk in enumerate(tiny_llm.complete("Hello", stream=True, max_new_tokens=200)):
+        assert tiny_llm.loaded_model.lock.locked()
         if count == 2:
             break
+    assert not tiny_llm.loaded_model.lock.locked()  # the unreferenced stream was closed
+
+
+def test_closing_a_kept_stream_releases_the_lock(tiny_llm: LlamaCPP) -> None:
+    stream = tiny_llm.complete("Hello", stream=True, max_new_tokens=200)
+    next(stream)
+    assert tiny_llm.loaded_model.lock.locked()
     stream.close()
     assert not tiny_llm.loaded_model.lock.locked()
     assert tiny_llm.complete("Hi", max_new_tokens=2).text is not None
@@ -163,3 +170,45 @@ def test_same_task_second_async_call_during_open_stream_fails_clearly(tiny_llm: 
 
     asyncio.run(run())
     assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_blocking_call_inside_an_async_stream_on_the_same_loop_fails_clearly(
+    tiny_llm: LlamaCPP,
+) -> None:
+    async def run() -> None:
+        async for _chunk in await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50):
+            with pytest.raises(ModelBusyError, match="blocking call here would stop the loop"):
+                tiny_llm.complete("again", max_new_tokens=2)
+            break
+
+    asyncio.run(run())
+    assert _wait_unlocked(tiny_llm)
+
+
+def test_child_task_of_a_streaming_task_fails_clearly_instead_of_waiting_forever(
+    tiny_llm: LlamaCPP,
+) -> None:
+    async def run() -> None:
+        stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50)
+        await anext(stream)
+        with pytest.raises(ModelBusyError, match="unfinished async stream"):
+            await asyncio.wait_for(tiny_llm.acomplete("again", max_new_tokens=2), 30)
+        await stream.aclose()
+
+    asyncio.run(run())
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_other_tasks_still_queue_behind_an_open_stream(tiny_llm: LlamaCPP) -> None:
+    async def run() -> str:
+        stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=5)
+
+        async def consume() -> str:
+            return "".join([c.delta async for c in stream])
+
+        other = asyncio.get_running_loop().create_task(tiny_llm.acomplete("x", max_new_tokens=2))
+        text = await consume()
+        await other
+        return text
+
+    assert asyncio.run(run()) == tiny_llm.complete("Hello", max_new_tokens=5).text

@@ -134,3 +134,41 @@ def test_plugin_listing_shows_distribution_and_hooks() -> None:
         "acme-formatters",
         ("serapeum_register_formatters",),
     )
+
+
+def _source(name: str, priority: int = 0) -> object:
+    from serapeum.core.plugins import ModelSource
+
+    source = ModelSource(
+        name=name, handles=lambda request: True, resolve=lambda request: name, priority=priority
+    )
+
+    class Plugin:
+        @hookimpl
+        def serapeum_register_sources(self) -> list[ModelSource]:
+            return [source]
+
+    return Plugin()
+
+
+def test_sources_are_asked_by_priority_then_registration_order() -> None:
+    host = PluginHost(strict=False)
+    host.register(_source("first"), name="first")
+    host.register(_source("second"), name="second")
+    host.register(_source("preferred", priority=10), name="preferred")
+    assert [entry.item.name for entry in host.sources] == ["preferred", "first", "second"]
+
+
+def test_a_broken_hook_is_reported_once_however_often_registries_are_rebuilt() -> None:
+    host = PluginHost(strict=False)
+
+    class Broken:
+        @hookimpl
+        def serapeum_register_formatters(self) -> list[PromptFormatter]:
+            raise RuntimeError("boom")
+
+    host.register(Broken(), name="broken")
+    _ = host.formatters
+    host.register(_plugin(_formatter("x")), name="x")  # invalidates the registries
+    _ = host.formatters
+    assert len(host.failures) == 1

@@ -33,14 +33,30 @@ class ModelCache:
     def __init__(self) -> None:
         self._models: weakref.WeakValueDictionary[CacheKey, Any] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        self._loading: dict[CacheKey, threading.Lock] = {}
 
     def get_or_load(self, key: CacheKey, load: Callable[[], LoadedModel]) -> LoadedModel:
+        """The cached model for ``key``, loading it once even when threads race for it.
+
+        Only constructions of the same key wait for a load in progress; others go on.
+        """
         with self._lock:
             model = self._models.get(key)
-            if model is None:
-                model = load()
-                self._models[key] = model
-            return model  # type: ignore[no-any-return]
+            if model is not None:
+                return model  # type: ignore[no-any-return]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            try:
+                with self._lock:
+                    model = self._models.get(key)
+                if model is None:  # nobody loaded it while we waited
+                    model = load()
+                    with self._lock:
+                        self._models[key] = model
+                return model  # type: ignore[no-any-return]
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._models)

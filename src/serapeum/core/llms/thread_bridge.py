@@ -68,6 +68,41 @@ def _start(target: Callable[[], None], name: str, worker: Worker | None) -> None
 # at most a couple of tokens.
 RUN_AHEAD = 2
 
+# How often a waiting worker checks whether its consumer (or event loop) has gone.
+_POLL_SECONDS = 0.1
+
+
+class _Job:
+    """Decides, once, whether a queued job runs or is skipped (its caller gave up first)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def _claim(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = state
+            return True
+
+    def start(self) -> bool:
+        return self._claim("running")
+
+    def skip(self) -> bool:
+        return self._claim("skipped")
+
+
+def _settle_threadsafe(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], setter: Callable[[], None]
+) -> None:
+    def settle() -> None:
+        if not future.done():
+            setter()
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(settle)
+
 
 async def iterate_in_thread(
     produce: Callable[[threading.Event], Iterator[T]],
@@ -85,7 +120,18 @@ async def iterate_in_thread(
     cancel = threading.Event()
     slots = threading.Semaphore(run_ahead)
     first_taken = threading.Event()
-    finished = loop.create_future()
+    finished: asyncio.Future[None] = loop.create_future()
+    job = _Job()
+
+    def abandoned() -> bool:
+        return cancel.is_set() or loop.is_closed()
+
+    def wait(blocking_wait: Callable[[float], bool]) -> bool:
+        """Wait for the consumer; False when it (or its loop) is gone."""
+        while not blocking_wait(_POLL_SECONDS):
+            if abandoned():
+                return False
+        return not cancel.is_set()
 
     def post(kind: int, payload: Any) -> None:
         try:
@@ -93,36 +139,37 @@ async def iterate_in_thread(
         except RuntimeError:  # the loop is closed: nobody is listening any more
             cancel.set()
 
-    def settle() -> None:
-        if not finished.done():
-            finished.set_result(None)
-
     def work() -> None:
-        if cancel.is_set():  # abandoned while queued behind another call
-            loop.call_soon_threadsafe(settle)
-            return
-        iterator = produce(cancel)
         try:
-            for index, item in enumerate(iterator):
-                slots.acquire()  # wait while the consumer is run_ahead items behind
-                if cancel.is_set():
-                    break
-                post(_ITEM, item)
-                if index == 0:
+            if not job.start():  # the consumer gave up while this was queued
+                return
+            iterator: Iterator[T] | None = None
+            try:
+                iterator = produce(cancel)
+                for index, item in enumerate(iterator):
+                    if not wait(
+                        lambda seconds: slots.acquire(timeout=seconds)
+                    ):  # run_ahead at most
+                        break
+                    post(_ITEM, item)
                     # Let the event loop take the first item before generating on: without
                     # this wait the worker keeps the GIL busy and the first chunk's delivery
                     # waits for the interpreter's switch interval (5 ms).
-                    first_taken.wait()
-        except BaseException as exc:
-            post(_ERROR, exc)
-        else:
-            post(_DONE, None)
+                    if index == 0 and not wait(first_taken.wait):
+                        break
+            except BaseException as exc:
+                post(_ERROR, exc)
+            else:
+                post(_DONE, None)
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:
+                        logger.exception("closing a serapeum stream failed")
         finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle)
+            _settle_threadsafe(loop, finished, lambda: finished.set_result(None))
 
     _start(work, name, worker)
     try:
@@ -140,7 +187,8 @@ async def iterate_in_thread(
         cancel.set()
         first_taken.set()
         slots.release()  # wake a worker waiting for room; it sees the cancel and stops
-        await _wait_for_worker(finished)
+        if not job.skip():  # it started: wait until it has let go of the model
+            await _wait_for_worker(finished)
 
 
 async def run_in_thread(
@@ -149,44 +197,43 @@ async def run_in_thread(
     name: str = "serapeum-call",
     worker: Worker | None = None,
 ) -> T:
-    """Return ``call(cancel_event)`` computed in a worker thread; cancelling sets the event."""
+    """Return ``call(cancel_event)`` computed in a worker thread; cancelling sets the event.
+
+    A call cancelled while still queued behind others is dropped at once; one that is
+    running is stopped through the event and awaited, so it has let go when this returns.
+    """
     loop = asyncio.get_running_loop()
     result: asyncio.Future[T] = loop.create_future()
     cancel = threading.Event()
-
-    def deliver(outcome: Callable[[], object]) -> None:
-        if not result.done():
-            outcome()
+    job = _Job()
 
     def work() -> None:
-        if cancel.is_set():  # cancelled while queued behind another call
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, lambda: result.cancel())
+        if not job.start():
             return
         try:
             value = call(cancel)
         except BaseException as exc:
             error = exc
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, lambda: result.set_exception(error))
+            _settle_threadsafe(loop, result, lambda: result.set_exception(error))
         else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, lambda: result.set_result(value))
+            _settle_threadsafe(loop, result, lambda: result.set_result(value))
 
     _start(work, name, worker)
     try:
         return await asyncio.shield(result)
     except asyncio.CancelledError:
         cancel.set()
-        await _wait_for_worker(result)
+        if not job.skip():
+            await _wait_for_worker(result)
         raise
 
 
 async def _wait_for_worker(finished: asyncio.Future[Any]) -> None:
     """Wait until the worker has let go of the model, even while being cancelled."""
-    if finished.done():
-        return
-    with contextlib.suppress(BaseException):
-        await asyncio.shield(finished)
-    if not finished.done():  # cancelled again while waiting: finish waiting without the loop
-        await asyncio.wait({finished})
+    if not finished.done():
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(finished)
+        if not finished.done():  # cancelled again while waiting: keep waiting
+            await asyncio.wait({finished})
+    if not finished.cancelled():
+        finished.exception()  # retrieved: no "exception was never retrieved" warning

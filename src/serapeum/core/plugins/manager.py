@@ -90,11 +90,20 @@ class PluginHost:
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         """Import and register every installed plugin of ``group``, surviving failures."""
         for entry_point in metadata.entry_points(group=group):
-            if self._pm.has_plugin(entry_point.name):
-                continue
             dist = entry_point.dist
             distribution = dist.name if dist is not None else entry_point.value
             version = dist.version if dist is not None else None
+            if self._pm.has_plugin(entry_point.name):
+                holder = self.distribution_of(entry_point.name)
+                if holder != distribution:
+                    self._fail(
+                        entry_point.name,
+                        distribution,
+                        f"the plugin name {entry_point.name!r} is already taken by {holder}; "
+                        "rename the entry point (plugin names must be unique)",
+                        PluginLoadError(entry_point.name),
+                    )
+                continue
             try:
                 plugin: ModuleType | Any = entry_point.load()
             except Exception as exc:
@@ -110,7 +119,9 @@ class PluginHost:
                 self._cache.clear()
 
     def _fail(self, plugin: str, distribution: str, message: str, exc: BaseException) -> None:
-        self.failures.append(PluginFailure(plugin=plugin, distribution=distribution, error=message))
+        failure = PluginFailure(plugin=plugin, distribution=distribution, error=message)
+        if failure not in self.failures:  # registries are rebuilt; report each problem once
+            self.failures.append(failure)
         if self.strict:
             raise PluginLoadError(
                 f"plugin {plugin!r} from {distribution}: {message} "
@@ -165,8 +176,7 @@ class PluginHost:
     def _collect(self, hook: Any, expected: type[D]) -> list[Registered[D]]:
         """Call each plugin's implementation separately, so each item knows its origin."""
         entries: list[Registered[D]] = []
-        # pluggy lists implementations last-registered first; keep registration order
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # in registration order
             distribution = self.distribution_of(impl.plugin_name)
             try:
                 items = list(_call(impl.function))

@@ -78,3 +78,15 @@ def official_template():
 
     render.entries = entries  # type: ignore[attr-defined]
     return render
+
+
+@pytest.fixture(scope="session")
+def mistral_v1_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Mistral 7B v0.1's real vocabulary (from the mistral-common package)."""
+    import mistral_common
+
+    from serapeum.llama_cpp.testing import TinyModelSpec, sentencepiece_vocabulary
+
+    model_file = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    spec = TinyModelSpec(vocabulary=sentencepiece_vocabulary(model_file), name="tiny-mistral-v1")
+    return build_tiny_gguf(tmp_path_factory.mktemp("mistral") / "tiny-mistral-v1.gguf", spec)

@@ -59,3 +59,38 @@ def test_prompt_reaches_the_model_with_bos_exactly_once(tiny_model_path: Path) -
 
 def test_end_of_turn_marker_is_a_stop_sequence() -> None:
     assert MISTRAL.stop == ("</s>",)
+
+
+def _reference_ids(conversation: list[Message]) -> list[int]:
+    """Token ids from mistral-common, Mistral's own reference implementation (v1 tokenizer)."""
+    from mistral_common.protocol.instruct.messages import (
+        AssistantMessage,
+        SystemMessage,
+        UserMessage,
+    )
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    request = ChatCompletionRequest(
+        messages=[kinds[m.role.value](content=m.content) for m in conversation]
+    )
+    return MistralTokenizer.v1().encode_chat_completion(request).tokens
+
+
+REFERENCE_CONVERSATIONS = {
+    "one user turn": [U("Hello")],
+    "system then user": [S("You are terse."), U("Hi there")],
+    "multi-turn": [U("What is 2+2?"), A("4"), U("And 3+3?")],
+    "system multi-turn": [S("Be brief."), U("One?"), A("1"), U("Two?"), A("2"), U("Three?")],
+}
+
+
+@pytest.mark.parametrize(
+    "conversation", REFERENCE_CONVERSATIONS.values(), ids=REFERENCE_CONVERSATIONS.keys()
+)
+def test_the_model_sees_mistral_commons_reference_token_ids(
+    mistral_v1_model_path: Path, conversation: list[Message]
+) -> None:
+    llm = LlamaCPP(model_path=str(mistral_v1_model_path), formatter="mistral")
+    assert llm.tokenize(llm.format_messages(conversation)) == _reference_ids(conversation)

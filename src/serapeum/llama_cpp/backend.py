@@ -6,6 +6,7 @@ loaded model owns one ``ModelLock``; every call into llama.cpp for that model ho
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,6 +33,38 @@ def _cancel_check(event: threading.Event) -> Any:
     return cancelled
 
 
+def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
+    """For SentencePiece vocabularies: a special token's text followed by one space.
+
+    llama.cpp's SentencePiece tokenizer puts a space before the text that follows a special
+    token (the "legacy" behaviour), so ``"<s> [INST]"`` becomes ``<s> ▁ ▁[INST]`` while the
+    family's reference tokenizer (e.g. mistral-common) gives ``<s> ▁[INST]``. Dropping the
+    one space that the template wrote there makes llama.cpp produce the reference ids.
+    """
+    import llama_cpp
+
+    model = llama._model
+    if model.vocab_type() != llama_cpp.LLAMA_VOCAB_TYPE_SPM:
+        return None
+    if str(llama.metadata.get("tokenizer.ggml.add_space_prefix", "true")).lower() == "false":
+        return None
+    special = (
+        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    )
+    texts = {
+        model.token_get_text(token)
+        for token in range(model.n_vocab())
+        if model.token_get_attr(token) & special
+    }
+    texts.discard("")
+    if not texts:
+        return None
+    alternatives = "|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True))
+    return re.compile(f"({alternatives}) ")
+
+
 class LlamaCppModel:
     """A ``llama_cpp.Llama`` behind the ``LoadedModel`` protocol."""
 
@@ -41,6 +74,7 @@ class LlamaCppModel:
         self._bos = llama.token_bos()
         # Whether the model's tokenizer config asks for BOS at the start of a prompt.
         self._add_bos = bool(llama._model.add_bos_token())
+        self._space_after_special = _space_after_special_pattern(llama)
         self.lock = ModelLock(str(path))
 
     @property
@@ -59,6 +93,8 @@ class LlamaCppModel:
     def tokenize(self, text: str) -> list[int]:
         # BOS exactly once: a formatter's prompt text may already start with it; add it
         # only when the model wants one and the text did not bring it.
+        if self._space_after_special is not None:
+            text = self._space_after_special.sub(r"\1", text)
         tokens: list[int] = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         if self._add_bos and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)

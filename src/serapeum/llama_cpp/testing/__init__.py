@@ -1,5 +1,17 @@
 """Test helpers for the engine and for plugin authors (need the ``test`` extra: gguf, numpy)."""
 
-from serapeum.llama_cpp.testing.tiny_model import SPECIAL_TOKENS, TinyModelSpec, build_tiny_gguf
+from serapeum.llama_cpp.testing.tiny_model import (
+    SPECIAL_TOKENS,
+    TinyModelSpec,
+    Vocabulary,
+    build_tiny_gguf,
+    sentencepiece_vocabulary,
+)
 
-__all__ = ["SPECIAL_TOKENS", "TinyModelSpec", "build_tiny_gguf"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "TinyModelSpec",
+    "Vocabulary",
+    "build_tiny_gguf",
+    "sentencepiece_vocabulary",
+]

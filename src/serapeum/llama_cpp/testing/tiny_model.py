@@ -76,13 +76,51 @@ _WORDS = [
     "SYS",
 ]
 
-# gguf token types (gguf.TokenType): NORMAL=1, UNKNOWN=2, CONTROL=3, BYTE=6
-_NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
+# gguf token types (gguf.TokenType): NORMAL=1, UNKNOWN=2, CONTROL=3, UNUSED=5, BYTE=6
+_NORMAL, _UNKNOWN, _CONTROL, _UNUSED, _BYTE = 1, 2, 3, 5, 6
+
+
+@frozen
+class Vocabulary:
+    """A tokenizer vocabulary for the tiny model (llama.cpp's SentencePiece-style ``llama`` type)."""
+
+    tokens: tuple[str, ...]
+    scores: tuple[float, ...]
+    types: tuple[int, ...]
+
+
+def sentencepiece_vocabulary(model_file: str | Path) -> Vocabulary:
+    """A real model family's vocabulary, read from its SentencePiece ``tokenizer.model``.
+
+    With it, the tiny model tokenises exactly as that family's GGUF files do, so prompt
+    formats can be checked against the family's reference token ids.
+    """
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    tokens, scores, types = [], [], []
+    for token_id in range(processor.vocab_size()):
+        tokens.append(processor.id_to_piece(token_id))
+        scores.append(processor.get_score(token_id))
+        if processor.is_unknown(token_id):
+            types.append(_UNKNOWN)
+        elif processor.is_control(token_id):
+            types.append(_CONTROL)
+        elif processor.is_byte(token_id):
+            types.append(_BYTE)
+        elif processor.is_unused(token_id):
+            types.append(_UNUSED)
+        else:
+            types.append(_NORMAL)
+    return Vocabulary(tokens=tuple(tokens), scores=tuple(scores), types=tuple(types))
 
 
 @frozen
 class TinyModelSpec:
-    """What to build; the defaults make a Llama 2 / Mistral-like model (BOS ``<s>``)."""
+    """What to build; the defaults make a Llama 2 / Mistral-like model (BOS ``<s>``).
+
+    ``vocabulary`` replaces the built-in small vocabulary (see ``sentencepiece_vocabulary``).
+    """
 
     bos_token: str = "<s>"
     eos_token: str = "</s>"
@@ -94,9 +132,10 @@ class TinyModelSpec:
     n_ff: int = 128
     context_length: int = 4096
     seed: int = 1234
+    vocabulary: Vocabulary | None = None
 
 
-def _vocabulary() -> tuple[list[str], list[float], list[int]]:
+def _builtin_vocabulary() -> Vocabulary:
     tokens: list[str] = ["<unk>"]
     types = [_UNKNOWN]
     tokens += SPECIAL_TOKENS
@@ -112,7 +151,7 @@ def _vocabulary() -> tuple[list[str], list[float], list[int]]:
     types += [_NORMAL] * len(unique)
     # SentencePiece merges prefer higher scores: longer pieces win.
     scores = [0.0] * (len(tokens) - len(unique)) + [float(len(p)) for p in unique]
-    return tokens, scores, types
+    return Vocabulary(tokens=tuple(tokens), scores=tuple(scores), types=tuple(types))
 
 
 def build_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path:
@@ -122,7 +161,8 @@ def build_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path
 
     spec = spec or TinyModelSpec()
     path = Path(path)
-    tokens, scores, types = _vocabulary()
+    vocabulary = spec.vocabulary or _builtin_vocabulary()
+    tokens, scores, types = list(vocabulary.tokens), list(vocabulary.scores), list(vocabulary.types)
     n_vocab = len(tokens)
     rng = np.random.default_rng(spec.seed)
 
@@ -146,7 +186,7 @@ def build_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path
     writer.add_token_types(types)
     writer.add_bos_token_id(tokens.index(spec.bos_token))
     writer.add_eos_token_id(tokens.index(spec.eos_token))
-    writer.add_unk_token_id(0)
+    writer.add_unk_token_id(types.index(_UNKNOWN) if _UNKNOWN in types else 0)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     if spec.chat_template is not None:
@@ -157,7 +197,7 @@ def build_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path
     output = weights(n_vocab, spec.n_embd, scale=0.5)
     # Keep control and byte tokens out of greedy picks so generations run long and
     # stay printable; sampling at temperature > 0 can still reach them.
-    output[: 1 + len(SPECIAL_TOKENS) + 256] *= 0.05
+    output[[i for i, kind in enumerate(types) if kind != _NORMAL]] *= 0.05
     writer.add_tensor("output.weight", output)
     for layer in range(spec.n_layer):
         prefix = f"blk.{layer}."

@@ -212,3 +212,43 @@ def test_other_tasks_still_queue_behind_an_open_stream(tiny_llm: LlamaCPP) -> No
         return text
 
     assert asyncio.run(run()) == tiny_llm.complete("Hello", max_new_tokens=5).text
+
+
+@pytest.fixture(scope="module")
+def slow_prompt_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wider tiny model: evaluating a few thousand prompt tokens takes seconds on a CPU."""
+    from serapeum.llama_cpp.testing import TinyModelSpec, build_tiny_gguf
+
+    spec = TinyModelSpec(n_embd=384, n_layer=6, n_head=6, n_ff=1024, name="tiny-slow-prompt")
+    return build_tiny_gguf(tmp_path_factory.mktemp("slow") / "slow.gguf", spec)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["acomplete", "astream"])
+def test_cancelling_during_prompt_evaluation_stops_it(
+    slow_prompt_model_path: Path, stream: bool
+) -> None:
+    llm = LlamaCPP(model_path=str(slow_prompt_model_path), formatter="llama2", temperature=0.0)
+    prompt = "hello world " * 330  # about 3,300 tokens
+    prompt_tokens = llm.count_tokens(llm.format_completion(prompt))
+
+    async def consume() -> None:
+        if stream:
+            async for _ in await llm.acomplete(prompt, stream=True, max_new_tokens=4):
+                pass
+        else:
+            await llm.acomplete(prompt, max_new_tokens=4)
+
+    async def run() -> None:
+        task = asyncio.create_task(consume())
+        while not llm.loaded_model.lock.locked():
+            assert not task.done(), task
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert not llm.loaded_model.lock.locked()
+    assert _evaluated_tokens(llm) < prompt_tokens  # stopped before the prompt was evaluated
+    # and the model still works afterwards
+    assert llm.complete("hello", max_new_tokens=3).raw["usage"]["completion_tokens"] == 3

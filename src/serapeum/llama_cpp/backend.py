@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from serapeum.core.errors import SerapeumError
 from serapeum.core.plugins import (
     BackendChunk,
     BackendResult,
@@ -26,11 +27,45 @@ from serapeum.llama_cpp.model_lock import ModelLock
 BACKEND_NAME = "llama-cpp"
 
 
-def _cancel_check(event: threading.Event) -> Any:
-    def cancelled(_input_ids: Any, _logits: Any) -> bool:
-        return event.is_set()
+class _PromptAbort:
+    """Lets a request's cancel event interrupt llama.cpp while it evaluates the prompt.
 
-    return cancelled
+    llama.cpp asks its abort callback after every graph node, so a Python callback costs
+    real time per token; it is armed only for the prompt of a cancellable request and
+    disarmed at the first generated token, from where the per-token stopping check (one
+    Python call per token) takes over.
+    """
+
+    def __init__(self, llama: Any) -> None:
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self._ctx = llama.ctx
+        self._event: threading.Event | None = None
+        self._callback = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive here
+        self._no_callback = llama_cpp.ggml_abort_callback(0)
+
+    def _should_abort(self, _data: Any) -> bool:
+        event = self._event
+        return event is not None and event.is_set()
+
+    def arm(self, event: threading.Event) -> None:
+        self._event = event
+        self._llama_cpp.llama_set_abort_callback(self._ctx, self._callback, None)
+
+    def disarm(self) -> None:
+        if self._event is not None:
+            self._llama_cpp.llama_set_abort_callback(self._ctx, self._no_callback, None)
+            self._event = None
+
+
+class GenerationCancelled(SerapeumError):
+    """Generation stopped because its caller cancelled it."""
+
+
+def _is_abort(exc: BaseException, request: GenerationRequest) -> bool:
+    """llama-cpp-python reports an aborted decode as ``RuntimeError('llama_decode returned 2')``."""
+    return request.cancel is not None and request.cancel.is_set() and isinstance(exc, RuntimeError)
 
 
 def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
@@ -75,6 +110,7 @@ class LlamaCppModel:
         # Whether the model's tokenizer config asks for BOS at the start of a prompt.
         self._add_bos = bool(llama._model.add_bos_token())
         self._space_after_special = _space_after_special_pattern(llama)
+        self._prompt_abort = _PromptAbort(llama)
         self.lock = ModelLock(str(path))
 
     @property
@@ -112,25 +148,47 @@ class LlamaCppModel:
         if request.cancel is not None:
             from llama_cpp import StoppingCriteriaList
 
+            cancel, disarm = request.cancel, self._prompt_abort.disarm
+
+            def cancelled(_input_ids: Any, _logits: Any) -> bool:
+                disarm()  # the prompt is evaluated: per-token checks from here on
+                return cancel.is_set()
+
             criteria = StoppingCriteriaList(arguments.get("stopping_criteria") or [])
-            criteria.append(_cancel_check(request.cancel))
+            criteria.append(cancelled)
             arguments["stopping_criteria"] = criteria
         return arguments
 
     def complete(self, request: GenerationRequest) -> BackendResult:
         arguments = self._arguments(request, stream=False)
         with self.lock:
-            raw = self._llama.create_completion(**arguments)
+            if request.cancel is not None:
+                self._prompt_abort.arm(request.cancel)
+            try:
+                raw = self._llama.create_completion(**arguments)
+            except Exception as exc:
+                if _is_abort(exc, request):
+                    raise GenerationCancelled("cancelled while evaluating the prompt") from exc
+                raise
+            finally:
+                self._prompt_abort.disarm()
         return BackendResult(text=raw["choices"][0]["text"], raw=raw)
 
     def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
         arguments = self._arguments(request, stream=True)
         with self.lock:
+            if request.cancel is not None:
+                self._prompt_abort.arm(request.cancel)
             chunks = self._llama.create_completion(**arguments)
             try:
                 for raw in chunks:
                     yield BackendChunk(delta=raw["choices"][0]["text"], raw=raw)
+            except Exception as exc:
+                if not _is_abort(exc, request):
+                    raise
+                # cancelled during the prompt: the consumer is gone, end quietly
             finally:
+                self._prompt_abort.disarm()
                 chunks.close()
 
 

@@ -208,6 +208,12 @@ def main() -> int:
         f"| Python work `LlamaCPP.complete` adds per call (request + response) "
         f"| {generation['overhead_us']:.0f} µs | | | |",
         "",
+        "Ratios are medians of per-pair ratios (each pair runs back to back, alternating which goes",
+        "first). The engine's own per-call work is "
+        f"{100 * generation['overhead_us'] / (1e6 * args.tokens / generation['ours_tps']):.3f} % of "
+        "one generation here, so a ratio that strays from 1.0 by more than that is noise of the",
+        "shared machine; rerun to see its spread.",
+        "",
     ]
     report = "\n".join(lines)
     print(report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_blocking_call_inside_an_async_stream_on_the_same_loop_fails_clearly(
 ) -> None:
     async def run() -> None:
         async for _chunk in await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50):
-            with pytest.raises(ModelBusyError, match="blocking call here would stop the loop"):
+            with pytest.raises(ModelBusyError, match="unfinished async stream"):
                 tiny_llm.complete("again", max_new_tokens=2)
             break
 
@@ -200,18 +201,41 @@ def test_child_task_of_a_streaming_task_fails_clearly_instead_of_waiting_forever
 
 
 def test_other_tasks_still_queue_behind_an_open_stream(tiny_llm: LlamaCPP) -> None:
+    async def run() -> tuple[str, str]:
+        go = asyncio.Event()
+
+        async def other_request() -> str:
+            await go.wait()
+            return (await tiny_llm.acomplete("x", max_new_tokens=2)).text
+
+        other = asyncio.create_task(other_request())  # not started by the streaming code
+        stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=5)
+        first = await anext(stream)
+        go.set()
+        rest = "".join([c.delta async for c in stream])
+        return first.delta + rest, await other
+
+    text, other_text = asyncio.run(run())
+    assert text == tiny_llm.complete("Hello", max_new_tokens=5).text
+    assert other_text == tiny_llm.complete("x", max_new_tokens=2).text
+
+
+def test_a_task_started_with_a_fresh_context_may_use_the_model_meanwhile(
+    tiny_llm: LlamaCPP,
+) -> None:
+    import contextvars
+
     async def run() -> str:
         stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=5)
+        await anext(stream)
+        other = asyncio.get_running_loop().create_task(
+            tiny_llm.acomplete("x", max_new_tokens=2), context=contextvars.Context()
+        )
+        async for _ in stream:
+            pass
+        return (await other).text
 
-        async def consume() -> str:
-            return "".join([c.delta async for c in stream])
-
-        other = asyncio.get_running_loop().create_task(tiny_llm.acomplete("x", max_new_tokens=2))
-        text = await consume()
-        await other
-        return text
-
-    assert asyncio.run(run()) == tiny_llm.complete("Hello", max_new_tokens=5).text
+    assert asyncio.run(run()) == tiny_llm.complete("x", max_new_tokens=2).text
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +276,84 @@ def test_cancelling_during_prompt_evaluation_stops_it(
     assert _evaluated_tokens(llm) < prompt_tokens  # stopped before the prompt was evaluated
     # and the model still works afterwards
     assert llm.complete("hello", max_new_tokens=3).raw["usage"]["completion_tokens"] == 3
+
+
+def test_stream_read_through_wait_for_still_guards_its_task(tiny_llm: LlamaCPP) -> None:
+    async def run() -> None:
+        stream = await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50)
+        await asyncio.wait_for(anext(stream), 30)  # the first item is taken in a child task
+        with pytest.raises(ModelBusyError, match="unfinished async stream"):
+            await tiny_llm.acomplete("again", max_new_tokens=2)
+        await stream.aclose()
+
+    asyncio.run(run())
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_two_streams_read_alternately_in_one_task_fail_clearly(tiny_llm: LlamaCPP) -> None:
+    async def run() -> None:
+        first = await tiny_llm.acomplete("one", stream=True, max_new_tokens=50)
+        second = await tiny_llm.acomplete("two", stream=True, max_new_tokens=50)
+        await anext(first)
+        with pytest.raises(ModelBusyError, match="unfinished async stream"):
+            await anext(second)
+        await first.aclose()
+        await second.aclose()
+
+    asyncio.run(run())
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_blocking_call_in_a_thread_started_by_the_streaming_task_fails_clearly(
+    tiny_llm: LlamaCPP,
+) -> None:
+    async def run() -> None:
+        async for _chunk in await tiny_llm.acomplete("Hello", stream=True, max_new_tokens=50):
+            with pytest.raises(ModelBusyError, match="unfinished async stream"):
+                await asyncio.to_thread(tiny_llm.complete, "again", max_new_tokens=2)
+            break
+
+    asyncio.run(run())
+    assert _wait_unlocked(tiny_llm)
+
+
+def test_cancelled_call_gives_up_waiting_for_a_model_held_by_another_thread(
+    tiny_llm: LlamaCPP,
+) -> None:
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_the_model() -> None:
+        stream = tiny_llm.complete("Hello", stream=True, max_new_tokens=100)
+        next(stream)
+        held.set()
+        release.wait(60)
+        stream.close()
+
+    holder = threading.Thread(target=hold_the_model)
+    holder.start()
+    assert held.wait(60)
+
+    async def run() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(tiny_llm.acomplete("x", max_new_tokens=2), 0.3)
+
+    try:
+        asyncio.run(run())  # returns although the model is still held
+        assert tiny_llm.loaded_model.lock.locked()
+    finally:
+        release.set()
+        holder.join()
+    assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_instances_built_at_once_in_threads_load_the_model_once(tiny_model_path: Path) -> None:
+    barrier = threading.Barrier(4)
+
+    def build(_: int) -> LlamaCPP:
+        barrier.wait()
+        return LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", context_window=768)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        instances = list(pool.map(build, range(4)))
+    assert len({id(llm.loaded_model) for llm in instances}) == 1

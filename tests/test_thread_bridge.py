@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -86,3 +87,20 @@ def test_cancelling_a_call_queued_behind_a_stuck_one_returns() -> None:
     assert done.wait(30)
     assert ran == []  # the cancelled call was dropped, not run later
     worker.stop()
+
+
+def test_a_cancellation_during_aclose_is_not_lost() -> None:
+    def produce(_cancel: object) -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            time.sleep(0.5)  # the worker takes a while to let go
+
+    async def run() -> None:
+        stream = iterate_in_thread(produce)
+        await anext(stream)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await stream.aclose()  # waits for the worker; the timeout fires meanwhile
+
+    asyncio.run(run())

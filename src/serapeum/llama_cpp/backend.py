@@ -7,12 +7,11 @@ loaded model owns one ``ModelLock``; every call into llama.cpp for that model ho
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from serapeum.core.errors import SerapeumError
+from serapeum.core.cancellation import CancelToken
 from serapeum.core.plugins import (
     BackendChunk,
     BackendResult,
@@ -22,50 +21,77 @@ from serapeum.core.plugins import (
 )
 from serapeum.llama_cpp import native_log
 from serapeum.llama_cpp.errors import ModelLoadError
-from serapeum.llama_cpp.model_lock import ModelLock
+from serapeum.llama_cpp.model_lock import GenerationCancelled, ModelLock
 
 BACKEND_NAME = "llama-cpp"
 
 
-class _PromptAbort:
-    """Lets a request's cancel event interrupt llama.cpp while it evaluates the prompt.
+def _c_flag_reader() -> Any:
+    """A native function that reports, without Python, whether a 2-byte flag is raised.
 
-    llama.cpp asks its abort callback after every graph node, so a Python callback costs
-    real time per token; it is armed only for the prompt of a cancellable request and
-    disarmed at the first generated token, from where the per-token stopping check (one
-    Python call per token) takes over.
+    llama.cpp calls its abort callback after every graph node; a Python callback would
+    need the GIL each time (and wait for it whenever another thread runs Python). libc's
+    ``strlen`` on a buffer we own, ``b"\\0\\0"`` or ``b"\\1\\0"``, returns 0 or 1: exactly
+    the ``bool (*)(void *)`` that llama.cpp wants, answered in native code.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return libc.strlen
+    except (OSError, AttributeError):  # pragma: no cover - platforms without a C library
+        return None
+
+
+class _PromptAbort:
+    """Lets a request's cancel token interrupt llama.cpp while it evaluates the prompt.
+
+    Armed only for cancellable requests and disarmed at the first generated token, from
+    where the per-token stopping check takes over.
     """
 
     def __init__(self, llama: Any) -> None:
+        import ctypes
+
         import llama_cpp
 
-        self._llama_cpp = llama_cpp
+        self._set_callback = llama_cpp.llama_set_abort_callback
         self._ctx = llama.ctx
-        self._event: threading.Event | None = None
-        self._callback = llama_cpp.ggml_abort_callback(self._should_abort)  # kept alive here
+        self._flag = ctypes.create_string_buffer(2)
+        self._flag_address = ctypes.cast(self._flag, ctypes.c_void_p)
+        reader = _c_flag_reader()
+        self._callback = (
+            ctypes.cast(reader, llama_cpp.ggml_abort_callback) if reader is not None else None
+        )
         self._no_callback = llama_cpp.ggml_abort_callback(0)
+        self._undo: Any = None
 
-    def _should_abort(self, _data: Any) -> bool:
-        event = self._event
-        return event is not None and event.is_set()
+    def _raise_flag(self) -> None:
+        self._flag[0] = b"\x01"
 
-    def arm(self, event: threading.Event) -> None:
-        self._event = event
-        self._llama_cpp.llama_set_abort_callback(self._ctx, self._callback, None)
+    def arm(self, cancel: CancelToken) -> None:
+        if self._callback is None:
+            return
+        self._flag[0] = b"\x00"
+        self._undo = cancel.on_set(self._raise_flag)
+        self._set_callback(self._ctx, self._callback, self._flag_address)
 
     def disarm(self) -> None:
-        if self._event is not None:
-            self._llama_cpp.llama_set_abort_callback(self._ctx, self._no_callback, None)
-            self._event = None
-
-
-class GenerationCancelled(SerapeumError):
-    """Generation stopped because its caller cancelled it."""
+        if self._undo is not None:
+            self._set_callback(self._ctx, self._no_callback, None)
+            self._undo()
+            self._undo = None
 
 
 def _is_abort(exc: BaseException, request: GenerationRequest) -> bool:
     """llama-cpp-python reports an aborted decode as ``RuntimeError('llama_decode returned 2')``."""
-    return request.cancel is not None and request.cancel.is_set() and isinstance(exc, RuntimeError)
+    return (
+        request.cancel is not None
+        and request.cancel.is_set()
+        and isinstance(exc, RuntimeError)
+        and str(exc).endswith("returned 2")
+    )
 
 
 def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
@@ -96,8 +122,10 @@ def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
     texts.discard("")
     if not texts:
         return None
+    # Longest first, and atomic: where a longer special token matches, a shorter one that
+    # is its prefix must not (llama.cpp partitions the text the same way).
     alternatives = "|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True))
-    return re.compile(f"({alternatives}) ")
+    return re.compile(f"((?>{alternatives})) ")
 
 
 class LlamaCppModel:
@@ -161,22 +189,27 @@ class LlamaCppModel:
 
     def complete(self, request: GenerationRequest) -> BackendResult:
         arguments = self._arguments(request, stream=False)
-        with self.lock:
+        self.lock.acquire(request.cancel)
+        try:
             if request.cancel is not None:
                 self._prompt_abort.arm(request.cancel)
-            try:
-                raw = self._llama.create_completion(**arguments)
-            except Exception as exc:
-                if _is_abort(exc, request):
-                    raise GenerationCancelled("cancelled while evaluating the prompt") from exc
-                raise
-            finally:
-                self._prompt_abort.disarm()
+            raw = self._llama.create_completion(**arguments)
+        except Exception as exc:
+            if _is_abort(exc, request):
+                raise GenerationCancelled("cancelled while evaluating the prompt") from exc
+            raise
+        finally:
+            self._prompt_abort.disarm()
+            self.lock.release()
         return BackendResult(text=raw["choices"][0]["text"], raw=raw)
 
     def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
         arguments = self._arguments(request, stream=True)
-        with self.lock:
+        try:
+            self.lock.acquire(request.cancel)
+        except GenerationCancelled:
+            return  # cancelled while waiting for the model: nobody is listening
+        try:
             if request.cancel is not None:
                 self._prompt_abort.arm(request.cancel)
             chunks = self._llama.create_completion(**arguments)
@@ -188,8 +221,10 @@ class LlamaCppModel:
                     raise
                 # cancelled during the prompt: the consumer is gone, end quietly
             finally:
-                self._prompt_abort.disarm()
                 chunks.close()
+        finally:
+            self._prompt_abort.disarm()
+            self.lock.release()
 
 
 def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -33,7 +30,8 @@ from serapeum.core.plugins import (
     PromptFormatter,
     get_plugin_host,
 )
-from serapeum.llama_cpp.errors import ContextWindowExceededError, ModelBusyError
+from serapeum.llama_cpp import reentry
+from serapeum.llama_cpp.errors import ContextWindowExceededError
 from serapeum.llama_cpp.formatting import PromptWriter, build_prompt_writer
 from serapeum.llama_cpp.gguf_file import require_gguf
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
@@ -45,67 +43,6 @@ DEFAULT_TEMPERATURE = 0.75
 # serialises them anyway); it ends when the model is freed.
 _workers: weakref.WeakKeyDictionary[Any, Worker] = weakref.WeakKeyDictionary()
 _workers_lock = threading.Lock()
-
-
-class _OpenStream:
-    """An unfinished async stream: which model, on which event loop."""
-
-    __slots__ = ("loop", "model", "open")
-
-    def __init__(self, model: LoadedModel, loop: asyncio.AbstractEventLoop) -> None:
-        self.model, self.loop, self.open = model, loop, True
-
-
-# The streams open in this async context. An async generator runs in its consumer's
-# context, so this reaches the consumer task and the tasks it starts (wait_for, gather):
-# a call from there would queue behind its own stream and wait forever.
-_context_streams: ContextVar[tuple[_OpenStream, ...]] = ContextVar(
-    "serapeum_open_streams", default=()
-)
-# Every open async stream by model: a sync call on the thread running that stream's event
-# loop would block the loop the stream needs to make progress.
-_model_streams: weakref.WeakKeyDictionary[Any, set[_OpenStream]] = weakref.WeakKeyDictionary()
-_model_streams_lock = threading.Lock()
-
-_REENTRY_HINT = "consume it to the end or close it (`await stream.aclose()`) first"
-
-
-def _refuse_async_reentry(model: LoadedModel) -> None:
-    if any(s.open and s.model is model for s in _context_streams.get()):
-        raise ModelBusyError(
-            f"model {model.name!r} has an unfinished async stream in this task (or the task "
-            f"that started this one), and this call would wait behind it forever; {_REENTRY_HINT}"
-        )
-
-
-def _refuse_sync_call_in_streaming_loop(model: LoadedModel) -> None:
-    streams = _model_streams.get(model)
-    if not streams:
-        return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if any(s.loop is running for s in list(streams)):
-        raise ModelBusyError(
-            f"model {model.name!r} has an unfinished async stream on this event loop; a "
-            f"blocking call here would stop the loop that stream needs. Use the async API "
-            f"(acomplete/achat), or {_REENTRY_HINT}"
-        )
-
-
-@contextmanager
-def _stream_opened(model: LoadedModel) -> Iterator[None]:
-    marker = _OpenStream(model, asyncio.get_running_loop())
-    _context_streams.set((*(s for s in _context_streams.get() if s.open), marker))
-    with _model_streams_lock:
-        _model_streams.setdefault(model, set()).add(marker)
-    try:
-        yield
-    finally:
-        marker.open = False
-        with _model_streams_lock:
-            _model_streams.get(model, set()).discard(marker)
 
 
 def _worker_for(model: LoadedModel) -> Worker:
@@ -340,7 +277,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         ``delta`` is the new text and ``text`` the text so far.
         """
         request = self._build_request(prompt, formatted, kwargs)
-        _refuse_sync_call_in_streaming_loop(self._model)
+        reentry.refuse_blocking_call(self._model)
         if stream:
             return self._stream(request)
         return self._complete(request)
@@ -381,24 +318,27 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         within a token and frees the model.
         """
         request = self._build_request(prompt, formatted, kwargs)
-        _refuse_async_reentry(self._model)
+        reentry.refuse_async_call(self._model)
         if stream:
-            return self._astream(request)
+            return self._astream(request, reentry.new_stream(self._model))
         return await run_in_thread(
             lambda cancel: self._complete(evolve(request, cancel=cancel)),
             worker=_worker_for(self._model),
         )
 
-    async def _astream(self, request: GenerationRequest) -> AsyncIterator[CompletionResponse]:
+    async def _astream(
+        self, request: GenerationRequest, marker: reentry.StreamMarker
+    ) -> AsyncIterator[CompletionResponse]:
+        reentry.stream_started(marker, self._model)  # refuses a stream that would deadlock
         chunks = iterate_in_thread(
             lambda cancel: self._model.stream(evolve(request, cancel=cancel)),
             worker=_worker_for(self._model),
         )
         text = ""
-        with _stream_opened(self._model):
-            try:
-                async for chunk in chunks:
-                    text += chunk.delta
-                    yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
-            finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
+        try:
+            async for chunk in chunks:
+                text += chunk.delta
+                yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
+        finally:
+            reentry.stream_closed(marker, self._model)
+            await chunks.aclose()  # type: ignore[attr-defined]

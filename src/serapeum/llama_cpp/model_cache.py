@@ -38,7 +38,9 @@ class ModelCache:
     def get_or_load(self, key: CacheKey, load: Callable[[], LoadedModel]) -> LoadedModel:
         """The cached model for ``key``, loading it once even when threads race for it.
 
-        Only constructions of the same key wait for a load in progress; others go on.
+        Only constructions of the same key wait for a load in progress; others go on. The
+        per-key locks are kept (one small lock per distinct model ever asked for), so a
+        failed load never leaves two threads loading the same key side by side.
         """
         with self._lock:
             model = self._models.get(key)
@@ -46,17 +48,13 @@ class ModelCache:
                 return model  # type: ignore[no-any-return]
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:
-            try:
+            with self._lock:
+                model = self._models.get(key)
+            if model is None:  # nobody loaded it while we waited
+                model = load()
                 with self._lock:
-                    model = self._models.get(key)
-                if model is None:  # nobody loaded it while we waited
-                    model = load()
-                    with self._lock:
-                        self._models[key] = model
-                return model  # type: ignore[no-any-return]
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
+                    self._models[key] = model
+            return model  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return len(self._models)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
+from serapeum.core.cancellation import CancelToken
+from serapeum.core.errors import SerapeumError
 from serapeum.llama_cpp.errors import ModelBusyError
+
+_POLL_SECONDS = 0.05
+
+
+class GenerationCancelled(SerapeumError):
+    """Generation stopped (or never started) because its caller cancelled it."""
 
 
 class ModelLock:
@@ -19,16 +27,31 @@ class ModelLock:
     def locked(self) -> bool:
         return self._lock.locked()
 
+    def acquire(self, cancel: CancelToken | None = None) -> None:
+        """Wait for the model; with ``cancel``, give up (``GenerationCancelled``) once it is set."""
+        self._check_owner()
+        if cancel is None:
+            self._lock.acquire()
+        else:
+            while not self._lock.acquire(timeout=_POLL_SECONDS):
+                if cancel.is_set():
+                    raise GenerationCancelled("cancelled while waiting for the model")
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
     def __enter__(self) -> ModelLock:
-        me = threading.get_ident()
-        if self._owner == me:
+        self.acquire()
+        return self
+
+    def _check_owner(self) -> None:
+        if self._owner == threading.get_ident():
             raise ModelBusyError(
                 f"model {self._name!r} is in use by an unfinished stream in this thread; "
                 "consume the stream to the end or close it before starting another call"
             )
-        self._lock.acquire()
-        self._owner = me
-        return self
 
     def __exit__(
         self,
@@ -36,5 +59,4 @@ class ModelLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._owner = None
-        self._lock.release()
+        self.release()

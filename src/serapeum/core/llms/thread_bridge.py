@@ -2,7 +2,7 @@
 
 Every chunk reaches the event loop through ``loop.call_soon_threadsafe`` the moment the
 worker produces it, so an ``async for`` sees the first token as soon as it exists. The
-worker receives a ``threading.Event``; when the consumer stops early (``break``,
+worker receives a ``CancelToken``; when the consumer stops early (``break``,
 ``aclose()``, task cancellation) the event is set and the worker is awaited, so the
 caller knows generation has stopped (and any model lock is free) when control returns.
 """
@@ -16,6 +16,8 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
+
+from serapeum.core.cancellation import CancelToken
 
 T = TypeVar("T")
 
@@ -105,7 +107,7 @@ def _settle_threadsafe(
 
 
 async def iterate_in_thread(
-    produce: Callable[[threading.Event], Iterator[T]],
+    produce: Callable[[CancelToken], Iterator[T]],
     *,
     name: str = "serapeum-stream",
     run_ahead: int = RUN_AHEAD,
@@ -117,7 +119,7 @@ async def iterate_in_thread(
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = CancelToken()
     slots = threading.Semaphore(run_ahead)
     first_taken = threading.Event()
     finished: asyncio.Future[None] = loop.create_future()
@@ -192,7 +194,7 @@ async def iterate_in_thread(
 
 
 async def run_in_thread(
-    call: Callable[[threading.Event], T],
+    call: Callable[[CancelToken], T],
     *,
     name: str = "serapeum-call",
     worker: Worker | None = None,
@@ -204,7 +206,7 @@ async def run_in_thread(
     """
     loop = asyncio.get_running_loop()
     result: asyncio.Future[T] = loop.create_future()
-    cancel = threading.Event()
+    cancel = CancelToken()
     job = _Job()
 
     def work() -> None:
@@ -229,11 +231,20 @@ async def run_in_thread(
 
 
 async def _wait_for_worker(finished: asyncio.Future[Any]) -> None:
-    """Wait until the worker has let go of the model, even while being cancelled."""
-    if not finished.done():
-        with contextlib.suppress(BaseException):
+    """Wait until the worker has let go of the model.
+
+    A cancellation that arrives meanwhile is remembered and re-raised once the worker
+    has finished, so it is neither lost nor allowed to cut the wait short.
+    """
+    cancelled = False
+    while not finished.done():
+        try:
             await asyncio.shield(finished)
-        if not finished.done():  # cancelled again while waiting: keep waiting
-            await asyncio.wait({finished})
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break  # the worker's own error: it is done
     if not finished.cancelled():
         finished.exception()  # retrieved: no "exception was never retrieved" warning
+    if cancelled:
+        raise asyncio.CancelledError

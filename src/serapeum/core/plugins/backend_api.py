@@ -6,12 +6,13 @@ The engine speaks token ids and requests, never a backend's own objects, so the 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
+
+from serapeum.core.cancellation import CancelToken
 
 __all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
 
@@ -40,7 +41,7 @@ class GenerationRequest:
     temperature: float
     stop: tuple[str, ...] = field(default=(), converter=_strings)
     options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
-    cancel: threading.Event | None = field(default=None, eq=False)
+    cancel: CancelToken | None = field(default=None, eq=False)
 
 
 @frozen

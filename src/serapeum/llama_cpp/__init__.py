@@ -7,6 +7,7 @@ print(llm.complete("Hello!").text)
 
 from serapeum.llama_cpp.errors import (
     ContextWindowExceededError,
+    GenerationCancelled,
     MissingFormatterError,
     ModelBusyError,
     ModelLoadError,
@@ -16,6 +17,7 @@ from serapeum.llama_cpp.llm import LlamaCPP
 
 __all__ = [
     "ContextWindowExceededError",
+    "GenerationCancelled",
     "LlamaCPP",
     "MissingFormatterError",
     "ModelBusyError",

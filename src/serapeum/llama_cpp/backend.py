@@ -20,8 +20,8 @@ from serapeum.core.plugins import (
     hookimpl,
 )
 from serapeum.llama_cpp import native_log
-from serapeum.llama_cpp.errors import ModelLoadError
-from serapeum.llama_cpp.model_lock import GenerationCancelled, ModelLock
+from serapeum.llama_cpp.errors import GenerationCancelled, ModelLoadError
+from serapeum.llama_cpp.model_lock import ModelLock
 
 BACKEND_NAME = "llama-cpp"
 

@@ -6,6 +6,7 @@ from serapeum.core.errors import ConfigurationError, SerapeumError
 
 __all__ = [
     "ContextWindowExceededError",
+    "GenerationCancelled",
     "MissingFormatterError",
     "ModelBusyError",
     "ModelLoadError",
@@ -36,3 +37,7 @@ class ContextWindowExceededError(SerapeumError, ValueError):
 
 class ModelBusyError(SerapeumError, RuntimeError):
     """This thread already holds the model (an unfinished stream) and would deadlock."""
+
+
+class GenerationCancelled(SerapeumError):
+    """Generation stopped (or never started) because its caller cancelled it."""

@@ -6,14 +6,9 @@ import threading
 from types import TracebackType
 
 from serapeum.core.cancellation import CancelToken
-from serapeum.core.errors import SerapeumError
-from serapeum.llama_cpp.errors import ModelBusyError
+from serapeum.llama_cpp.errors import GenerationCancelled, ModelBusyError
 
 _POLL_SECONDS = 0.05
-
-
-class GenerationCancelled(SerapeumError):
-    """Generation stopped (or never started) because its caller cancelled it."""
 
 
 class ModelLock:

@@ -120,6 +120,9 @@ def test_out_of_range_numbers(tiny_model_path: Path, settings: dict, complaint: 
 
 
 def test_url_and_hf_name_the_plugin_to_install(plugin_host: PluginHost) -> None:
+    for source in ("url", "hf"):  # as if those distributions were not installed
+        if source in {info.name for info in plugin_host.plugins()}:
+            plugin_host.unregister(source)
     with pytest.raises(SourceNotInstalledError, match="pip install serapeum-source-url") as info:
         LlamaCPP(
             model_url="https://example.invalid/m.gguf", formatter="llama2", plugins=plugin_host

@@ -113,6 +113,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     hf_model_id: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
+    model_sha256: str | None = None
+    download_progress: bool | Callable[[int, int], None] | None = None
     temperature: float = field(default=DEFAULT_TEMPERATURE, validator=_validate(_check_temperature))
     max_new_tokens: int = field(
         default=DEFAULT_NUM_OUTPUTS, validator=_validate(_check_positive_int)
@@ -150,6 +152,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             hf_model_id=self.hf_model_id,
             hf_filename=self.hf_filename,
             hf_revision=self.hf_revision,
+            options={"sha256": self.model_sha256, "progress": self._progress_setting()},
         )
         self._check_generate_kwargs(self.generate_kwargs)
         self._writer = build_prompt_writer(
@@ -176,6 +179,12 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         self._context_limit = min(requested, self._model.n_ctx)
         if self.model_path is None:
             self.model_path = str(path)
+
+    def _progress_setting(self) -> bool | Callable[[int, int], None] | None:
+        """Download progress: as asked, else shown when verbose (None: when stderr is a TTY)."""
+        if self.download_progress is not None:
+            return self.download_progress
+        return True if self.verbose else None
 
     # -- information ----------------------------------------------------------------
     @property

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.plugins import ModelRequest, PluginHost, SourceNotInstalledError
@@ -15,6 +17,10 @@ BUILTIN_SOURCE_DISTRIBUTIONS = {
 }
 
 
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
 def build_model_request(
     *,
     model_path: str | None,
@@ -22,6 +28,7 @@ def build_model_request(
     hf_model_id: str | None,
     hf_filename: str | None,
     hf_revision: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> ModelRequest:
     """Check the model settings (no disk access) and bundle them into a request."""
     given = [
@@ -54,6 +61,13 @@ def build_model_request(
             f"hf_model_id={hf_model_id!r} needs hf_filename, the GGUF file in that repository "
             "(for example hf_filename='model.Q4_K_M.gguf')"
         )
+    sha256 = (options or {}).get("sha256")
+    if sha256 is not None and not (
+        isinstance(sha256, str) and len(sha256.strip()) == 64 and _is_hex(sha256.strip())
+    ):
+        raise ConfigurationError(
+            f"model_sha256 must be the 64 hexadecimal digits of a SHA-256, got {sha256!r}"
+        )
     if hf_model_id is None and (hf_filename is not None or hf_revision is not None):
         raise ConfigurationError("hf_filename and hf_revision are only used with hf_model_id")
     return ModelRequest(
@@ -62,6 +76,7 @@ def build_model_request(
         hf_model_id=hf_model_id,
         hf_filename=hf_filename,
         hf_revision=hf_revision,
+        options={k: v for k, v in (options or {}).items() if v is not None},
     )
 
 

@@ -1,0 +1,31 @@
+"""Where a URL's model lives in the cache: keyed by the whole URL, never outside the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from serapeum.llama_cpp.cache_dir import cache_dir
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+DEFAULT_NAME = "model.gguf"
+
+
+def safe_file_name(url: str) -> str:
+    """The URL's last path segment reduced to safe characters (never ``..`` or a path)."""
+    segment = PurePosixPath(unquote(urlsplit(url).path)).name
+    name = _UNSAFE.sub("_", segment).lstrip(".")
+    return name[:200] or DEFAULT_NAME
+
+
+def cached_path(url: str, root: Path | None = None) -> Path:
+    """``<cache>/models/url/<sha256 of the URL>/<file name>``: two URLs never share a file."""
+    base = (root or cache_dir()) / "models" / "url"
+    key = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+    path = base / key / safe_file_name(url)
+    # Belt and braces: whatever the URL, the result stays inside the cache directory.
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise ValueError(f"refusing to write outside the cache: {path}")
+    return path

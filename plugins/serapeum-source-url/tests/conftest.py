@@ -1,0 +1,163 @@
+"""A real HTTP server on 127.0.0.1 with Range support and faults that can be switched on."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Behaviour:
+    """How the server answers one path; counters (``*_times``) are used up as it answers."""
+
+    status: int = 200
+    ranges: bool = True
+    content_type: str = "application/octet-stream"
+    drop_after: int | None = None  # close the connection after this many body bytes...
+    drop_times: int = 1  # ...this many times
+    claimed_length: int | None = None  # a Content-Length that is not the truth
+    claim_times: int = 1_000_000
+    fail_times: int = 0  # answer 500 this many times first
+    delay_per_chunk: float = 0.0
+    redirect_to: str | None = None
+
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    range: str | None
+    status: int
+    body_bytes: int = 0
+
+
+@dataclass
+class LoopbackServer:
+    files: dict[str, bytes] = field(default_factory=dict)
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    log: list[Record] = field(default_factory=list)
+    port: int = 0
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def serve(self, path: str, body: bytes, **behaviour: object) -> str:
+        self.files[path] = body
+        self.behaviours[path] = Behaviour(**behaviour)  # type: ignore[arg-type]
+        return self.url(path)
+
+    def requests_for(self, path: str) -> list[Record]:
+        return [r for r in self.log if r.path == path]
+
+
+def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path
+            behaviour = server.behaviours.get(path, Behaviour(status=404))
+            record = Record("GET", path, self.headers.get("Range"), behaviour.status)
+            server.log.append(record)
+            if behaviour.redirect_to:
+                record.status = 302
+                self.send_response(302)
+                self.send_header("Location", behaviour.redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if behaviour.fail_times > 0:
+                behaviour.fail_times -= 1
+                record.status = 500
+                self._send_body(500, b"try again later", "text/plain")
+                return
+            if path not in server.files or behaviour.status != 200:
+                self._send_body(behaviour.status, b"<html>nope</html>", "text/html")
+                return
+            body = server.files[path]
+            start = 0
+            match = re.fullmatch(r"bytes=(\d+)-", record.range or "")
+            if match and behaviour.ranges:
+                start = int(match.group(1))
+                if start >= len(body):
+                    record.status = 416
+                    self._send_body(416, b"", "text/plain")
+                    return
+                record.status = 206
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            length = len(body) - start
+            if behaviour.claimed_length is not None and behaviour.claim_times > 0:
+                behaviour.claim_times -= 1
+                length = behaviour.claimed_length - start
+            self.send_header("Content-Type", behaviour.content_type)
+            self.send_header("Content-Length", str(length))
+            if behaviour.ranges:
+                self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            limit = len(body)
+            if behaviour.drop_after is not None and behaviour.drop_times > 0:
+                behaviour.drop_times -= 1
+                limit = min(limit, start + behaviour.drop_after)
+            position = start
+            try:
+                while position < limit:
+                    piece = body[position : min(limit, position + CHUNK)]
+                    self.wfile.write(piece)
+                    record.body_bytes += len(piece)
+                    position += len(piece)
+                    if behaviour.delay_per_chunk:
+                        time.sleep(behaviour.delay_per_chunk)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+            if position < start + length:  # a dropped or short body: cut the connection
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def _send_body(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def http_server() -> Iterator[LoopbackServer]:
+    state = LoopbackServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd.daemon_threads = True
+    state.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def model_bytes(tiny_model_path: Path) -> bytes:
+    return tiny_model_path.read_bytes()
+
+
+@pytest.fixture
+def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SERAPEUM_CACHE_DIR", str(root))
+    return root

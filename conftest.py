@@ -9,6 +9,7 @@ import pytest
 
 from serapeum.core.plugins import PluginHost
 from serapeum.llama_cpp.testing import TinyModelSpec, build_tiny_gguf
+from serapeum.llama_cpp.testing.http_server import LoopbackServer, start_loopback_server
 
 LLAMA3_SPEC = TinyModelSpec(
     bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", name="serapeum-tiny-llama3"
@@ -90,3 +91,24 @@ def mistral_v1_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model_file = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
     spec = TinyModelSpec(vocabulary=sentencepiece_vocabulary(model_file), name="tiny-mistral-v1")
     return build_tiny_gguf(tmp_path_factory.mktemp("mistral") / "tiny-mistral-v1.gguf", spec)
+
+
+@pytest.fixture
+def http_server() -> Iterator[LoopbackServer]:
+    """A real HTTP server on 127.0.0.1 (see ``serapeum.llama_cpp.testing.http_server``)."""
+    server = start_loopback_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def model_bytes(tiny_model_path: Path) -> bytes:
+    return tiny_model_path.read_bytes()
+
+
+@pytest.fixture
+def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty serapeum cache for this test (``SERAPEUM_CACHE_DIR``)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("SERAPEUM_CACHE_DIR", str(root))
+    return root

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from serapeum.llama_cpp.testing.http_server import Behaviour
 from serapeum_source_url import (
     ChecksumMismatchError,
     DownloadError,
@@ -156,9 +157,7 @@ def test_redirects_are_followed_and_cached_under_the_original_url(
     http_server: Any, model_bytes: bytes, cache_root: Path
 ) -> None:
     http_server.serve("/real/tiny.gguf", model_bytes)
-    http_server.behaviours["/go"] = type(http_server.behaviours["/real/tiny.gguf"])(
-        redirect_to="/real/tiny.gguf"
-    )
+    http_server.behaviours["/go"] = Behaviour(redirect_to="/real/tiny.gguf")
     url = http_server.url("/go")
     path = download_model(url, cached_path(url), settings=FAST)
     assert path.read_bytes() == model_bytes and path == cached_path(url)

@@ -50,7 +50,7 @@ def _resolve(request: ModelRequest) -> Path:
             f"model_path {str(path)!r} is a directory; point it at the .gguf file inside it"
         )
     if not path.exists():
-        hint = " (is the path relative to a different working directory?)"
+        hint = ""
         if not path.is_absolute():
             hint = f" (relative to {str(Path.cwd())!r})"
         raise ModelFileNotFoundError(

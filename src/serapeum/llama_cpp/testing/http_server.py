@@ -1,4 +1,9 @@
-"""A real HTTP server on 127.0.0.1 with Range support and faults that can be switched on."""
+"""A real HTTP server on 127.0.0.1 for download tests: Range support and switchable faults.
+
+Serve bytes at a path with a ``Behaviour`` (status, Range support, a dropped connection, a
+false Content-Length, 500s before success, a slow body, a redirect) and read the request
+log afterwards. ``start_loopback_server()`` returns it running; ``stop()`` ends it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,8 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-
-import pytest
 
 CHUNK = 64 * 1024
 
@@ -47,6 +48,12 @@ class LoopbackServer:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     log: list[Record] = field(default_factory=list)
     port: int = 0
+    _httpd: ThreadingHTTPServer | None = None
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -138,26 +145,11 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def http_server() -> Iterator[LoopbackServer]:
+def start_loopback_server() -> LoopbackServer:
     state = LoopbackServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def model_bytes(tiny_model_path: Path) -> bytes:
-    return tiny_model_path.read_bytes()
-
-
-@pytest.fixture
-def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("SERAPEUM_CACHE_DIR", str(root))
-    return root
+    state._httpd = httpd
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return state

@@ -19,13 +19,14 @@ def test_installed_plugins_are_discovered(plugin_host: PluginHost) -> None:
         "serapeum-llama-cpp",
         "serapeum-source-local",
         "serapeum-source-url",
+        "serapeum-source-hf",
         "serapeum-formatters-llama",
         "serapeum-formatters-mistral",
     } <= distributions
     assert {"llama2", "llama3", "mistral"} <= set(plugin_host.formatters.names())
     assert plugin_host.formatters.entry("llama3").distribution == "serapeum-formatters-llama"
     assert plugin_host.formatters.entry("mistral").distribution == "serapeum-formatters-mistral"
-    assert {"local", "url"} <= {entry.item.name for entry in plugin_host.sources}
+    assert {"local", "url", "hf"} <= {entry.item.name for entry in plugin_host.sources}
     assert plugin_host.backends.names() == ["llama-cpp"]
     assert plugin_host.failures == []
 

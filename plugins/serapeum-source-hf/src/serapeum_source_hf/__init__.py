@@ -1,0 +1,31 @@
+"""Hugging Face Hub model source: ``hf_model_id`` + ``hf_filename`` (exact name or glob, split GGUF)."""
+
+from serapeum_source_hf.source import (
+    HF_SOURCE,
+    HfAccessError,
+    HfAmbiguousFilenameError,
+    HfDownloadError,
+    HfFileNotFoundError,
+    HfOfflineError,
+    HfRepositoryNotFoundError,
+    HfRevisionNotFoundError,
+    HfSourceError,
+    download_gguf,
+    select_filename,
+    split_shards,
+)
+
+__all__ = [
+    "HF_SOURCE",
+    "HfAccessError",
+    "HfAmbiguousFilenameError",
+    "HfDownloadError",
+    "HfFileNotFoundError",
+    "HfOfflineError",
+    "HfRepositoryNotFoundError",
+    "HfRevisionNotFoundError",
+    "HfSourceError",
+    "download_gguf",
+    "select_filename",
+    "split_shards",
+]

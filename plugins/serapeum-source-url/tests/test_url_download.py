@@ -229,3 +229,33 @@ def test_two_processes_download_once(
     assert outputs[0] == outputs[1] == str(cached_path(url))
     assert Path(outputs[0]).read_bytes() == model_bytes
     assert len(http_server.requests_for("/tiny.gguf")) == 1  # one download, shared
+
+
+def test_a_killed_download_leaves_no_model_and_the_next_run_resumes(
+    http_server: Any, model_bytes: bytes, cache_root: Path
+) -> None:
+    import signal
+    import time
+
+    url = http_server.serve("/tiny.gguf", model_bytes, delay_per_chunk=0.3)
+    target = cached_path(url)
+    env = {**os.environ, "SERAPEUM_CACHE_DIR": str(cache_root)}
+    victim = subprocess.Popen([sys.executable, "-c", DOWNLOAD_IN_A_PROCESS, url], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r.body_bytes >= 2 * 64 * 1024 for r in http_server.log):
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.02)
+        part = target.with_name(target.name + ".part")
+        while not (part.exists() and part.stat().st_size > 0):
+            assert time.monotonic() < deadline, "nothing was written"
+            time.sleep(0.02)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    assert not target.exists()  # a crash never leaves a file at the final path
+    kept = part.stat().st_size
+    http_server.behaviours["/tiny.gguf"].delay_per_chunk = 0.0
+    assert download_model(url, target, settings=FAST).read_bytes() == model_bytes
+    resumed = http_server.log[-1]
+    assert resumed.range == f"bytes={kept}-" and resumed.body_bytes == len(model_bytes) - kept

@@ -112,3 +112,10 @@ def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "cache"
     monkeypatch.setenv("SERAPEUM_CACHE_DIR", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Gemma's BOS ``<bos>`` and EOS ``<eos>``."""
+    spec = TinyModelSpec(bos_token="<bos>", eos_token="<eos>", name="serapeum-tiny-gemma")
+    return build_tiny_gguf(tmp_path_factory.mktemp("gemma") / "tiny-gemma.gguf", spec)

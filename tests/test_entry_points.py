@@ -22,8 +22,10 @@ def test_installed_plugins_are_discovered(plugin_host: PluginHost) -> None:
         "serapeum-source-hf",
         "serapeum-formatters-llama",
         "serapeum-formatters-mistral",
+        "serapeum-formatters-gemma",
+        "serapeum-formatters-chatml",
     } <= distributions
-    assert {"llama2", "llama3", "mistral"} <= set(plugin_host.formatters.names())
+    assert {"llama2", "llama3", "mistral", "gemma", "chatml"} <= set(plugin_host.formatters.names())
     assert plugin_host.formatters.entry("llama3").distribution == "serapeum-formatters-llama"
     assert plugin_host.formatters.entry("mistral").distribution == "serapeum-formatters-mistral"
     assert {"local", "url", "hf"} <= {entry.item.name for entry in plugin_host.sources}

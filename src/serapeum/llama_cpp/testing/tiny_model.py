@@ -26,6 +26,8 @@ SPECIAL_TOKENS = (
     "<end_of_turn>",
     "<|im_start|>",
     "<|im_end|>",
+    "<bos>",
+    "<eos>",
 )
 
 _WORDS = [

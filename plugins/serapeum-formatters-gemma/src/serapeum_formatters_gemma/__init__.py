@@ -1,0 +1,5 @@
+"""Gemma instruction prompt formatter (registered as ``gemma``)."""
+
+from serapeum_formatters_gemma.gemma import GEMMA
+
+__all__ = ["GEMMA"]

@@ -17,6 +17,7 @@ from serapeum.core.plugins import (
     BackendResult,
     BackendSpec,
     GenerationRequest,
+    ModelInfo,
     hookimpl,
 )
 from serapeum.llama_cpp import native_log
@@ -94,6 +95,44 @@ def _is_abort(exc: BaseException, request: GenerationRequest) -> bool:
     )
 
 
+def _special_token_texts(llama: Any) -> set[str]:
+    """Texts of the control and user-defined tokens: the ones prompts use as markers."""
+    import llama_cpp
+
+    model = llama._model
+    special = (
+        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
+        | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+    )
+    texts = {
+        model.token_get_text(token)
+        for token in range(model.n_vocab())
+        if model.token_get_attr(token) & special
+    }
+    texts.discard("")
+    return texts
+
+
+def _model_info(llama: Any) -> ModelInfo:
+    model = llama._model
+
+    def text_of(token: int) -> str:
+        return model.token_get_text(token) if token >= 0 else ""
+
+    metadata = dict(llama.metadata)
+    return ModelInfo(
+        architecture=metadata.get("general.architecture", ""),
+        name=metadata.get("general.name", ""),
+        chat_template=metadata.get("tokenizer.chat_template") or None,
+        bos_token=text_of(llama.token_bos()),
+        eos_token=text_of(llama.token_eos()),
+        eot_token=text_of(model.token_eot()),
+        special_tokens=tuple(sorted(_special_token_texts(llama))),
+        metadata=metadata,
+    )
+
+
 def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
     """For SentencePiece vocabularies: a special token's text followed by one space.
 
@@ -109,17 +148,7 @@ def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
         return None
     if str(llama.metadata.get("tokenizer.ggml.add_space_prefix", "true")).lower() == "false":
         return None
-    special = (
-        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-        | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-        | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-    )
-    texts = {
-        model.token_get_text(token)
-        for token in range(model.n_vocab())
-        if model.token_get_attr(token) & special
-    }
-    texts.discard("")
+    texts = _special_token_texts(llama)
     if not texts:
         return None
     # Longest first, and atomic: where a longer special token matches, a shorter one that
@@ -139,6 +168,7 @@ class LlamaCppModel:
         self._add_bos = bool(llama._model.add_bos_token())
         self._space_after_special = _space_after_special_pattern(llama)
         self._prompt_abort = _PromptAbort(llama)
+        self._info: ModelInfo | None = None
         self.lock = ModelLock(str(path))
 
     @property
@@ -149,6 +179,13 @@ class LlamaCppModel:
     @property
     def n_ctx(self) -> int:
         return int(self._llama.n_ctx())
+
+    @property
+    def info(self) -> ModelInfo:
+        """Read once, on first use (scanning a large vocabulary takes a moment)."""
+        if self._info is None:
+            self._info = _model_info(self._llama)
+        return self._info
 
     @property
     def name(self) -> str:

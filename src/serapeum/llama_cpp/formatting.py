@@ -7,14 +7,17 @@ Resolves the user's choice (seed-style callables, a formatter name, or a
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 
 from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms import Message, MessageRole
-from serapeum.core.plugins import PluginHost, PromptFormatter
+from serapeum.core.plugins import ModelInfo, PluginHost, PromptFormatter
 from serapeum.llama_cpp.errors import MissingFormatterError
+
+logger = logging.getLogger("serapeum.llama_cpp")
 
 
 def _accepts_system_prompt(function: Callable[..., str]) -> bool:
@@ -104,4 +107,45 @@ def build_prompt_writer(
         formatter_name=chosen.name if chosen else None,
         messages_take_system=messages_take_system,
         completion_takes_system=completion_takes_system,
+    )
+
+
+def explicit_choice(
+    formatter: object, messages_to_prompt: object, completion_to_prompt: object
+) -> bool:
+    """Whether the user chose how to write prompts (otherwise the model's format is detected)."""
+    return any(x is not None for x in (formatter, messages_to_prompt, completion_to_prompt))
+
+
+def detect_formatter(info: ModelInfo, plugins: PluginHost) -> tuple[PromptFormatter, str]:
+    """Pick the model's prompt format: a plugin that recognises it, else its own chat template.
+
+    Returns the formatter and why it was chosen. Never falls back to a guess.
+    """
+    for entry in plugins.formatters:
+        detect = entry.item.detect
+        if detect is None:
+            continue
+        try:
+            recognised = detect(info)
+        except Exception:
+            logger.warning(
+                "formatter %r failed to inspect the model", entry.item.name, exc_info=True
+            )
+            continue
+        if recognised:
+            return entry.item, (
+                f"the {entry.item.name!r} formatter from {entry.distribution} recognised the model "
+                f"(architecture {info.architecture!r}, name {info.name!r})"
+            )
+    if info.chat_template:
+        from serapeum.llama_cpp.chat_template import template_formatter
+
+        return template_formatter(info), "the chat template embedded in the GGUF file"
+    installed = ", ".join(plugins.formatters.names()) or "none installed"
+    raise MissingFormatterError(
+        f"missing prompt formatters: no installed formatter recognises this model "
+        f"(architecture {info.architecture!r}, name {info.name!r}) and the file carries no "
+        f"chat template. Pass formatter='<name>' (installed formatters: {installed}), a "
+        "PromptFormatter, or both messages_to_prompt= and completion_to_prompt= functions"
     )

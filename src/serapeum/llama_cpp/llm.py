@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -32,12 +33,18 @@ from serapeum.core.plugins import (
 )
 from serapeum.llama_cpp import reentry
 from serapeum.llama_cpp.errors import ContextWindowExceededError
-from serapeum.llama_cpp.formatting import PromptWriter, build_prompt_writer
+from serapeum.llama_cpp.formatting import (
+    PromptWriter,
+    build_prompt_writer,
+    detect_formatter,
+    explicit_choice,
+)
 from serapeum.llama_cpp.gguf_file import require_gguf
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
 DEFAULT_TEMPERATURE = 0.75
+logger = logging.getLogger("serapeum.llama_cpp")
 
 # One long-lived worker thread per loaded model runs its async calls (the model's lock
 # serialises them anyway); it ends when the model is freed.
@@ -142,6 +149,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     _model: LoadedModel = field(init=False, repr=False)
     _resolved_path: Path = field(init=False, repr=False)
     _context_limit: int = field(init=False, repr=False)
+    _formatter_reason: str = field(init=False, repr=False, default="")
 
     def __attrs_post_init__(self) -> None:
         host = self.plugins if self.plugins is not None else get_plugin_host()
@@ -155,13 +163,12 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             options={"sha256": self.model_sha256, "progress": self._progress_setting()},
         )
         self._check_generate_kwargs(self.generate_kwargs)
-        self._writer = build_prompt_writer(
-            formatter=self.formatter,
-            messages_to_prompt=self.messages_to_prompt,
-            completion_to_prompt=self.completion_to_prompt,
-            system_prompt=self.system_prompt,
-            plugins=host,
+        explicit = explicit_choice(
+            self.formatter, self.messages_to_prompt, self.completion_to_prompt
         )
+        if explicit:
+            self._writer = self._prompt_writer(self.formatter, host)
+            self._formatter_reason = "chosen by the caller"
         backend = host.backends.entry(self.backend)
         path = resolve_model(request, host)
         require_gguf(path)
@@ -179,6 +186,26 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         self._context_limit = min(requested, self._model.n_ctx)
         if self.model_path is None:
             self.model_path = str(path)
+        if not explicit:
+            detected, self._formatter_reason = detect_formatter(self._model.info, host)
+            self._writer = self._prompt_writer(detected, host)
+        logger.info(
+            "%s: prompt format %r, %s",
+            path.name,
+            self._writer.formatter_name or "functions",
+            self._formatter_reason,
+        )
+
+    def _prompt_writer(
+        self, formatter: str | PromptFormatter | None, host: PluginHost
+    ) -> PromptWriter:
+        return build_prompt_writer(
+            formatter=formatter,
+            messages_to_prompt=self.messages_to_prompt,
+            completion_to_prompt=self.completion_to_prompt,
+            system_prompt=self.system_prompt,
+            plugins=host,
+        )
 
     def _progress_setting(self) -> bool | Callable[[int, int], None] | None:
         """Download progress: as asked, else shown when verbose (None: when stderr is a TTY)."""
@@ -200,6 +227,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     def formatter_name(self) -> str | None:
         """The registered formatter in use, or None for plain functions."""
         return self._writer.formatter_name
+
+    @property
+    def formatter_reason(self) -> str:
+        """Why this prompt format: chosen by the caller, recognised by a plugin, or the GGUF's template."""
+        return self._formatter_reason
 
     @property
     def loaded_model(self) -> LoadedModel:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from serapeum.core.llms import Message, MessageRole
-from serapeum.core.plugins import PromptFormatter
+from serapeum.core.plugins import ModelInfo, PromptFormatter
 from serapeum.core.prompts import PromptFormatError, require_alternating_turns, split_system_message
 
 BOS = "<bos>"
@@ -40,6 +40,11 @@ def completion_to_prompt(completion: str, system_prompt: str | None = None) -> s
     return messages_to_prompt([Message(role=MessageRole.USER, content=completion)], system_prompt)
 
 
+def is_gemma(info: ModelInfo) -> bool:
+    """Gemma models say so in their architecture (``gemma``, ``gemma2``, ``gemma3``, ...)."""
+    return info.architecture.lower().startswith("gemma")
+
+
 GEMMA = PromptFormatter(
     name="gemma",
     aliases=("gemma2", "gemma3", "gemma-it"),
@@ -48,4 +53,5 @@ GEMMA = PromptFormatter(
     stop=(END_OF_TURN,),
     prompt_starts_with_bos=True,
     description="Google Gemma 2/3 instruction models: <start_of_turn>user ... <end_of_turn>",
+    detect=is_gemma,
 )

@@ -17,6 +17,7 @@ from serapeum.core.plugins.backend_api import (
 )
 from serapeum.core.plugins.descriptors import (
     BackendSpec,
+    ModelInfo,
     ModelRequest,
     ModelSource,
     PromptFormatter,
@@ -46,6 +47,7 @@ __all__ = [
     "BackendSpec",
     "GenerationRequest",
     "LoadedModel",
+    "ModelInfo",
     "ModelRequest",
     "ModelSource",
     "PluginConflictError",

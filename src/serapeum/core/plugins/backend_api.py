@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from attrs import field, frozen
 
 from serapeum.core.cancellation import CancelToken
+from serapeum.core.plugins.descriptors import ModelInfo
 
 __all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
 
@@ -72,6 +73,11 @@ class LoadedModel(Protocol):
     @property
     def name(self) -> str:
         """A readable name (usually the file it came from)."""
+        ...
+
+    @property
+    def info(self) -> ModelInfo:
+        """What the model says about itself (architecture, chat template, special tokens)."""
         ...
 
     def tokenize(self, text: str) -> list[int]:

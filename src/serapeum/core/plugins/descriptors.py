@@ -13,16 +13,38 @@ if TYPE_CHECKING:
     from serapeum.core.llms.types import Message
     from serapeum.core.plugins.backend_api import LoadedModel
 
-__all__ = ["BackendSpec", "ModelRequest", "ModelSource", "PromptFormatter"]
+__all__ = ["BackendSpec", "ModelInfo", "ModelRequest", "ModelSource", "PromptFormatter"]
 
 
 def _names(values: Sequence[str] | str) -> tuple[str, ...]:
     return (values,) if isinstance(values, str) else tuple(values)
 
 
+def _read_only_early(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
 def _non_empty(_instance: object, attribute: Any, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
+
+
+@frozen
+class ModelInfo:
+    """What a loaded model says about itself (from its GGUF metadata and vocabulary).
+
+    Formatter plugins look at it to recognise the models they are for. The architecture
+    alone rarely identifies a prompt format (Mistral, Zephyr, TinyLlama... all say "llama").
+    """
+
+    architecture: str = ""
+    name: str = ""
+    chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    eot_token: str = ""  # end-of-turn marker, when the vocabulary names one
+    special_tokens: tuple[str, ...] = field(default=(), converter=_names)
+    metadata: Mapping[str, Any] = field(factory=dict, converter=_read_only_early, eq=False)
 
 
 @frozen
@@ -43,6 +65,8 @@ class PromptFormatter:
     stop: tuple[str, ...] = field(default=(), converter=_names)
     prompt_starts_with_bos: bool = False
     description: str = ""
+    detect: Callable[[ModelInfo], bool] | None = field(default=None, eq=False)
+    """Recognise a model this format is for, from its ``ModelInfo`` (the detection hook)."""
 
     def render_messages(self, messages: Sequence[Message], system_prompt: str | None = None) -> str:
         return self.messages_to_prompt(messages, system_prompt=system_prompt)

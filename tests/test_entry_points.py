@@ -184,3 +184,31 @@ def test_an_entry_point_name_taken_by_another_distribution_is_reported(
     names = {"impostor-source", "serapeum-source-local"}
     assert failure.distribution in names
     assert f"already taken by {(names - {failure.distribution}).pop()}" in failure.error
+
+
+def test_disable_plugins_skips_them_and_lists_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERAPEUM_DISABLE_PLUGINS", "serapeum-formatters-gemma, chatml")
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    names = set(host.formatters.names())
+    assert "gemma" not in names and "chatml" not in names and "llama3" in names
+    assert {(s.plugin, s.reason) for s in host.skipped} == {
+        ("gemma", "listed in SERAPEUM_DISABLE_PLUGINS"),
+        ("chatml", "listed in SERAPEUM_DISABLE_PLUGINS"),
+    }
+
+
+def test_load_plugins_is_an_allow_list_and_empty_means_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERAPEUM_LOAD_PLUGINS", "llama,serapeum-source-local")
+    host = PluginHost(strict=False)
+    host.load_entry_points()
+    assert host.formatters.names() == ["llama2", "llama3"]
+    assert [e.item.name for e in host.sources] == ["local"]
+    assert host.backends.names() == ["llama-cpp"]  # the engine's built-ins always load
+    monkeypatch.setenv("SERAPEUM_LOAD_PLUGINS", "")
+    nothing = PluginHost(strict=False)
+    nothing.load_entry_points()
+    assert nothing.formatters.names() == [] and nothing.backends.names() == ["llama-cpp"]
+    assert all(s.reason == "not listed in SERAPEUM_LOAD_PLUGINS" for s in nothing.skipped)

@@ -36,6 +36,7 @@ from serapeum.core.plugins.manager import (
     PluginFailure,
     PluginHost,
     PluginInfo,
+    SkippedPlugin,
     get_plugin_host,
 )
 from serapeum.core.plugins.registry import Registered, Registry, normalize_name
@@ -60,6 +61,7 @@ __all__ = [
     "PromptFormatter",
     "Registered",
     "Registry",
+    "SkippedPlugin",
     "SourceNotInstalledError",
     "UnknownPluginError",
     "get_plugin_host",

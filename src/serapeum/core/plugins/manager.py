@@ -22,12 +22,15 @@ from attrs import frozen
 from serapeum.core.plugins import hookspecs
 from serapeum.core.plugins.descriptors import BackendSpec, ModelSource, PromptFormatter
 from serapeum.core.plugins.errors import PluginLoadError, PluginValidationError
-from serapeum.core.plugins.registry import Named, Registered, Registry
+from serapeum.core.plugins.registry import Named, Registered, Registry, normalize_name
 
 logger = logging.getLogger("serapeum.plugins")
 
 ENTRY_POINT_GROUP = "serapeum"
 STRICT_ENV_VAR = "SERAPEUM_STRICT_PLUGINS"
+LOAD_ENV_VAR = "SERAPEUM_LOAD_PLUGINS"  # allow-list; set but empty means none
+DISABLE_ENV_VAR = "SERAPEUM_DISABLE_PLUGINS"  # block-list
+BUILTIN_DISTRIBUTION = "serapeum-llama-cpp"  # its built-in plugins always load
 LOCAL_DISTRIBUTION = "<registered in code>"
 
 D = TypeVar("D", bound=Named)
@@ -40,6 +43,19 @@ class PluginFailure:
     plugin: str
     distribution: str
     error: str
+
+
+@frozen
+class SkippedPlugin:
+    """An installed plugin that was not loaded, and why (for listings)."""
+
+    plugin: str
+    distribution: str
+    reason: str
+
+
+def _name_list(value: str) -> set[str]:
+    return {normalize_name(part) for part in value.split(",") if part.strip()}
 
 
 @frozen
@@ -65,6 +81,7 @@ class PluginHost:
         self._pm.add_hookspecs(hookspecs)
         self._origin: dict[str, tuple[str, str | None]] = {}
         self.failures: list[PluginFailure] = []
+        self.skipped: list[SkippedPlugin] = []
         self._cache: dict[str, Any] = {}
         self._lock = threading.RLock()
 
@@ -93,6 +110,12 @@ class PluginHost:
             dist = entry_point.dist
             distribution = dist.name if dist is not None else entry_point.value
             version = dist.version if dist is not None else None
+            reason = _excluded(entry_point.name, distribution)
+            if reason is not None:
+                skipped = SkippedPlugin(entry_point.name, distribution, reason)
+                if skipped not in self.skipped:
+                    self.skipped.append(skipped)
+                continue
             if self._pm.has_plugin(entry_point.name):
                 holder = self.distribution_of(entry_point.name)
                 if holder != distribution:
@@ -195,6 +218,23 @@ class PluginHost:
                     Registered(item=item, distribution=distribution, plugin=impl.plugin_name)
                 )
         return entries
+
+
+def _excluded(plugin: str, distribution: str) -> str | None:
+    """Why ``SERAPEUM_LOAD_PLUGINS``/``SERAPEUM_DISABLE_PLUGINS`` exclude a plugin, if they do.
+
+    Both take comma-separated entry-point or distribution names; the engine's own built-in
+    plugins are never excluded.
+    """
+    if distribution == BUILTIN_DISTRIBUTION:
+        return None
+    names = {normalize_name(plugin), normalize_name(distribution)}
+    allowed = os.environ.get(LOAD_ENV_VAR)
+    if allowed is not None and not names & _name_list(allowed):
+        return f"not listed in {LOAD_ENV_VAR}"
+    if names & _name_list(os.environ.get(DISABLE_ENV_VAR, "")):
+        return f"listed in {DISABLE_ENV_VAR}"
+    return None
 
 
 def _call(function: Callable[[], Iterable[D] | None]) -> Iterable[D]:

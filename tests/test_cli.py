@@ -48,3 +48,100 @@ def test_errors_are_one_line_without_traceback(http_server: Any, cache_root: Pat
     assert bad_hf.returncode == 2 and "hf:ORG/REPO/FILE" in bad_hf.stderr
     debug = _run("--debug", "download", "/no/such/model.gguf", cache=cache_root)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+def _cli(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serapeum.llama_cpp", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+TINY = ("--formatter", "llama2", "--temperature", "0", "--max-tokens", "6")
+
+
+def test_complete_streams_the_same_text_as_the_api(tiny_model_path: Path) -> None:
+    from serapeum.llama_cpp import LlamaCPP
+
+    result = _cli("complete", "-m", str(tiny_model_path), *TINY, "Hello there")
+    assert result.returncode == 0, result.stderr
+    expected = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", temperature=0.0)
+    assert result.stdout == expected.complete("Hello there", max_new_tokens=6).text + "\n"
+    piped = _cli("complete", "-m", str(tiny_model_path), *TINY, stdin="Hello there\n")
+    assert piped.stdout == result.stdout
+
+
+def test_chat_answers_a_piped_question_once(tiny_model_path: Path) -> None:
+    result = _cli("chat", "-m", str(tiny_model_path), *TINY, "-s", "Be brief.", stdin="Hi!")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+
+
+def test_interactive_chat_in_a_terminal_answers_turn_after_turn(tiny_model_path: Path) -> None:
+    import pty
+    import select
+    import time
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serapeum.llama_cpp", "chat", "-m", str(tiny_model_path), *TINY],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
+    )
+    os.close(follower)
+    seen = b""
+
+    def wait_for_prompts(count: int) -> None:
+        """Read the terminal until the chat's "> " prompt has been shown ``count`` times."""
+        nonlocal seen
+        deadline = time.monotonic() + 120  # a hang guard, not a speed limit
+        while seen.count(b"> ") < count:
+            assert time.monotonic() < deadline, seen.decode(errors="replace")
+            if select.select([leader], [], [], 0.5)[0]:
+                seen += os.read(leader, 4096)
+
+    try:
+        wait_for_prompts(1)
+        os.write(leader, b"Hello\n")
+        wait_for_prompts(2)  # an answer was streamed, then the next prompt
+        os.write(leader, b"And again\n")
+        wait_for_prompts(3)
+        os.write(leader, b"/exit\n")
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "Chatting with" in text and "(llama2 format)" in text
+
+
+def test_plugins_formatters_and_models_listings(cache_root: Path) -> None:
+    plugins = _cli("plugins", SERAPEUM_CACHE_DIR=str(cache_root))
+    assert plugins.returncode == 0
+    assert "serapeum-formatters-llama" in plugins.stdout and "formatter llama3" in plugins.stdout
+    disabled = _cli("plugins", SERAPEUM_DISABLE_PLUGINS="gemma")
+    assert "[gemma]: not loaded (listed in SERAPEUM_DISABLE_PLUGINS)" in disabled.stdout
+    formatters = _cli("formatters")
+    assert "gemma (also gemma2, gemma3, gemma-it)" in formatters.stdout
+    assert "detects its models" in formatters.stdout
+    models = _cli("models", SERAPEUM_CACHE_DIR=str(cache_root))
+    assert "gemma3-270m (default)" in models.stdout and "nothing cached" in models.stdout
+
+
+def test_user_errors_exit_2_without_a_traceback(tiny_model_path: Path) -> None:
+    missing = _cli("complete", "-m", "/no/such/model.gguf", "hi")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    no_format = _cli("complete", "-m", str(tiny_model_path), "hi")
+    assert no_format.returncode == 2 and "missing prompt formatters" in no_format.stderr
+    bad_temperature = _cli(
+        "complete", "-m", str(tiny_model_path), *TINY, "--temperature", "3", "hi"
+    )
+    assert bad_temperature.returncode == 2 and "temperature" in bad_temperature.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Literal, Protocol, cast, overload
 
 from serapeum.core.llms.types import (
     ChatResponse,
@@ -66,7 +66,7 @@ class CompletionToChatMixin:
 
     @overload
     def chat(
-        self: _CompletingLLM,
+        self,
         messages: Sequence[Message],
         *,
         stream: Literal[False] = ...,
@@ -75,24 +75,25 @@ class CompletionToChatMixin:
 
     @overload
     def chat(
-        self: _CompletingLLM, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
     ) -> ChatResponseGen: ...
 
     def chat(
-        self: _CompletingLLM, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
+        self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
     ) -> ChatResponse | ChatResponseGen:
-        prompt = self.format_messages(messages)
+        llm = cast(_CompletingLLM, self)
+        prompt = llm.format_messages(messages)
         if stream:
-            completions = self.complete(prompt, formatted=True, stream=True, **kwargs)
+            completions = llm.complete(prompt, formatted=True, stream=True, **kwargs)
             assert isinstance(completions, Iterator)
             return _chat_stream(completions)
-        response = self.complete(prompt, formatted=True, **kwargs)
+        response = llm.complete(prompt, formatted=True, **kwargs)
         assert isinstance(response, CompletionResponse)
         return completion_to_chat_response(response)
 
     @overload
     async def achat(
-        self: _CompletingLLM,
+        self,
         messages: Sequence[Message],
         *,
         stream: Literal[False] = ...,
@@ -101,17 +102,18 @@ class CompletionToChatMixin:
 
     @overload
     async def achat(
-        self: _CompletingLLM, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
     ) -> ChatResponseAsyncGen: ...
 
     async def achat(
-        self: _CompletingLLM, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
+        self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
     ) -> ChatResponse | ChatResponseAsyncGen:
-        prompt = self.format_messages(messages)
+        llm = cast(_CompletingLLM, self)
+        prompt = llm.format_messages(messages)
         if stream:
-            completions = await self.acomplete(prompt, formatted=True, stream=True, **kwargs)
+            completions = await llm.acomplete(prompt, formatted=True, stream=True, **kwargs)
             assert isinstance(completions, AsyncIterator)
             return _achat_stream(completions)
-        response = await self.acomplete(prompt, formatted=True, **kwargs)
+        response = await llm.acomplete(prompt, formatted=True, **kwargs)
         assert isinstance(response, CompletionResponse)
         return completion_to_chat_response(response)

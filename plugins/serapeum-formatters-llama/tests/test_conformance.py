@@ -1,0 +1,17 @@
+"""This plugin's formatters pass serapeum's conformance kit (real tiny-model round trip)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serapeum.core.plugins import PromptFormatter
+from serapeum.llama_cpp.testing.conformance import check_formatter
+from serapeum_formatters_llama import LLAMA2, LLAMA3
+
+FORMATTERS = [LLAMA2, LLAMA3]
+
+
+@pytest.mark.parametrize("formatter", FORMATTERS, ids=[f.name for f in FORMATTERS])
+def test_conforms(formatter: PromptFormatter) -> None:
+    report = check_formatter(formatter)
+    assert report.completion_tokens >= 1

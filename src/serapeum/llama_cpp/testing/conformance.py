@@ -1,0 +1,142 @@
+"""The conformance kit for prompt formatter plugins: call it from your plugin's tests.
+
+    from serapeum.llama_cpp.testing.conformance import check_formatter
+
+    def test_my_formatter_conforms():
+        check_formatter(MY_FORMATTER)
+
+It renders conversations with your formatter and runs them through a real tiny GGUF model
+(generated on the fly, with your format's special tokens as single tokens), and fails with
+a ``ConformanceError`` that says what is wrong: system messages dropped, turns lost or out of
+order, completion and chat disagreeing, BOS missing or doubled, stop markers that are not
+single tokens, prompts the model cannot complete.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from attrs import frozen
+
+from serapeum.core.llms import Message
+from serapeum.core.plugins import PluginHost, PromptFormatter
+from serapeum.llama_cpp.testing.tiny_model import SPECIAL_TOKENS, TinyModelSpec, build_tiny_gguf
+
+SYSTEM = "KIT-SYSTEM-7d1"
+TURNS = ("KIT-USER-ONE", "KIT-ANSWER-ONE", "KIT-USER-TWO")
+
+
+class ConformanceError(AssertionError):
+    """A formatter breaks a rule every prompt format must keep."""
+
+
+@frozen
+class ConformanceReport:
+    """What the kit checked, for a plugin author who wants to look."""
+
+    formatter: str
+    prompt: str
+    prompt_tokens: int
+    bos_token: str
+    completion_tokens: int
+
+
+_models: dict[tuple[str, str], Path] = {}
+
+
+def _tiny_model(bos: str, eos: str) -> Path:
+    key = (bos, eos)
+    if key not in _models:
+        folder = Path(tempfile.mkdtemp(prefix="serapeum-conformance-"))
+        spec = TinyModelSpec(bos_token=bos, eos_token=eos, name="serapeum-conformance")
+        _models[key] = build_tiny_gguf(folder / "conformance.gguf", spec)
+    return _models[key]
+
+
+def _fail(formatter: PromptFormatter, problem: str) -> ConformanceError:
+    return ConformanceError(f"formatter {formatter.name!r}: {problem}")
+
+
+def check_formatter(
+    formatter: PromptFormatter, *, bos_token: str | None = None
+) -> ConformanceReport:
+    """Check ``formatter`` against the rules; returns a report, raises ``ConformanceError``.
+
+    ``bos_token`` is the text of your family's BOS token; by default it is read from the
+    start of the rendered prompt when ``prompt_starts_with_bos`` is set, else ``<s>``.
+    """
+    conversation = [
+        Message.system(SYSTEM),
+        Message.user(TURNS[0]),
+        Message.assistant(TURNS[1]),
+        Message.user(TURNS[2]),
+    ]
+    prompt = formatter.render_messages(conversation)
+    if not isinstance(prompt, str) or not prompt:
+        raise _fail(formatter, "messages_to_prompt must return a non-empty string")
+    if SYSTEM not in prompt:
+        raise _fail(formatter, "the system message was dropped")
+    positions = [prompt.find(text) for text in TURNS]
+    if -1 in positions or positions != sorted(positions):
+        raise _fail(formatter, f"turns were lost or reordered in {prompt!r}")
+    if SYSTEM not in formatter.render_messages(conversation[1:], system_prompt=SYSTEM):
+        raise _fail(formatter, "the system_prompt argument was dropped")
+    if formatter.render_completion(TURNS[0], system_prompt=SYSTEM) != formatter.render_messages(
+        [Message.system(SYSTEM), Message.user(TURNS[0])]
+    ):
+        raise _fail(
+            formatter, "completion_to_prompt differs from one user turn of messages_to_prompt"
+        )
+    if not all(isinstance(stop, str) and stop for stop in formatter.stop):
+        raise _fail(formatter, f"stop markers must be non-empty strings, got {formatter.stop!r}")
+
+    leading = _leading_special(prompt) if formatter.prompt_starts_with_bos else None
+    bos = bos_token or leading or "<s>"
+    if formatter.prompt_starts_with_bos and not prompt.startswith(bos):
+        raise _fail(
+            formatter, f"prompt_starts_with_bos is set but the prompt starts {prompt[:20]!r}"
+        )
+    if bos not in SPECIAL_TOKENS:
+        raise _fail(formatter, f"the kit's tiny model has no special token {bos!r} to use as BOS")
+    return _run_on_tiny_model(formatter, prompt, bos)
+
+
+def _leading_special(prompt: str) -> str | None:
+    return next(
+        (t for t in sorted(SPECIAL_TOKENS, key=len, reverse=True) if prompt.startswith(t)), None
+    )
+
+
+def _run_on_tiny_model(formatter: PromptFormatter, prompt: str, bos: str) -> ConformanceReport:
+    from serapeum.llama_cpp.llm import LlamaCPP
+
+    eos = "</s>" if bos != "</s>" else "<eos>"
+    host = PluginHost(strict=True)
+    host.load_entry_points()
+    llm = LlamaCPP(
+        model_path=str(_tiny_model(bos, eos)), formatter=formatter, temperature=0.0, plugins=host
+    )
+    llama = llm.loaded_model.llama  # type: ignore[attr-defined]
+    tokens = llm.tokenize(prompt)
+    bos_id = llama.token_bos()
+    if tokens[0] != bos_id or (len(tokens) > 1 and tokens[1] == bos_id):
+        raise _fail(formatter, "BOS must reach the model exactly once at the start of the prompt")
+    for stop in formatter.stop:
+        if (
+            stop in SPECIAL_TOKENS
+            and len(llama.tokenize(stop.encode(), add_bos=False, special=True)) != 1
+        ):
+            raise _fail(formatter, f"stop marker {stop!r} is not a single special token")
+    response = llm.chat([Message.user(TURNS[0])], max_new_tokens=4)
+    if response.raw["usage"]["prompt_tokens"] != len(
+        llm.tokenize(formatter.render_messages([Message.user(TURNS[0])]))
+    ):
+        raise _fail(formatter, "the model did not receive the rendered prompt")
+    return ConformanceReport(
+        formatter=formatter.name,
+        prompt=prompt,
+        prompt_tokens=len(tokens),
+        bos_token=bos,
+        completion_tokens=int(response.raw["usage"]["completion_tokens"]),
+    )

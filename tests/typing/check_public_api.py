@@ -1,14 +1,13 @@
-"""Type-checked by mypy in CI (never run): the public API gives precise types to callers."""
+"""Type-checked by mypy in CI, never run: the public API gives callers precise types."""
 
-from typing import assert_type
+from typing import TYPE_CHECKING, assert_type
 
-from serapeum.core.llms import ChatResponse, Message
-from serapeum.llama_cpp import LlamaCPP
+if TYPE_CHECKING:
+    from serapeum.core.llms import ChatResponse, Message
+    from serapeum.llama_cpp import LlamaCPP
 
-llm = LlamaCPP(model_path="x.gguf", formatter="llama2")
-reply = llm.chat([Message.user("hi")])
-assert_type(reply, ChatResponse)
-for chunk in llm.chat([Message.user("hi")], stream=True):
-    assert_type(chunk, ChatResponse)
-text = llm.complete("hi").text
-assert_type(text, str)
+    llm = LlamaCPP(model_path="model.gguf", formatter="llama2")
+    assert_type(llm.chat([Message.user("hi")]), ChatResponse)
+    for chunk in llm.chat([Message.user("hi")], stream=True):
+        assert_type(chunk, ChatResponse)
+    assert_type(llm.complete("hi").text, str)

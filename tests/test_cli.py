@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def _run(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -145,3 +147,47 @@ def test_user_errors_exit_2_without_a_traceback(tiny_model_path: Path) -> None:
         "complete", "-m", str(tiny_model_path), *TINY, "--temperature", "3", "hi"
     )
     assert bad_temperature.returncode == 2 and "temperature" in bad_temperature.stderr
+
+
+def test_json_schema_constrains_the_answer(tiny_model_path: Path, tmp_path: Path) -> None:
+    import json
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(
+        json.dumps(
+            {
+                "type": "object",
+                "properties": {"colour": {"enum": ["red", "green", "blue"]}},
+                "required": ["colour"],
+            }
+        )
+    )
+    result = _cli(
+        "complete",
+        "-m",
+        str(tiny_model_path),
+        "--formatter",
+        "llama2",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "60",
+        "--json-schema",
+        str(schema),
+        "Pick a colour",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["colour"] in {"red", "green", "blue"}
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    bad = _cli("complete", "-m", str(tiny_model_path), "--json-schema", str(broken), "hi")
+    assert bad.returncode == 2 and "--json-schema" in bad.stderr
+
+
+@pytest.mark.e2e
+def test_disabling_the_gemma_plugin_changes_detection_for_the_default_model() -> None:
+    detected = _cli("complete", "--raw", "--max-tokens", "2", "--temperature", "0", "1, 2,")
+    assert detected.returncode == 0, detected.stderr
+    disabled = _cli("complete", "--max-tokens", "2", "hi", SERAPEUM_DISABLE_PLUGINS="gemma")
+    assert disabled.returncode == 2
+    assert "no installed formatter recognises this model" in disabled.stderr

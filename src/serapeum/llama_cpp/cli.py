@@ -14,6 +14,7 @@ without ``-m`` the default alias (Gemma 3 270M from its PyPI package) is used.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -107,12 +108,32 @@ def _stream(chunks: Iterator[Any]) -> str:
     return text
 
 
+def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Per-call options: ``--json-schema`` constrains the output to JSON matching the schema."""
+    if args.json_schema is None:
+        return {}
+    try:
+        schema = Path(args.json_schema).read_text()
+        json.loads(schema)
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"--json-schema {args.json_schema}: {exc}") from exc
+    from llama_cpp import LlamaGrammar
+
+    try:
+        return {"grammar": LlamaGrammar.from_json_schema(schema, verbose=args.debug)}
+    except Exception as exc:
+        raise ConfigurationError(
+            f"--json-schema {args.json_schema}: llama.cpp cannot turn this schema into a grammar: {exc}"
+        ) from exc
+
+
 def _complete(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt is not None else _stdin_or_none()
     if not prompt:
         raise ConfigurationError("give a PROMPT, or pipe one on standard input")
+    options = _generation_options(args)
     llm = _llm(args)
-    _stream(llm.complete(prompt, formatted=args.raw, stream=True))
+    _stream(llm.complete(prompt, formatted=args.raw, stream=True, **options))
     return 0
 
 
@@ -121,13 +142,14 @@ def _stdin_or_none() -> str | None:
 
 
 def _chat(args: argparse.Namespace) -> int:
+    options = _generation_options(args)
     llm = _llm(args)
     history: list[Message] = []
     if not sys.stdin.isatty():  # one-shot: the whole input is one message
         question = sys.stdin.read().strip()
         if not question:
             raise ConfigurationError("nothing to answer: standard input was empty")
-        _stream(llm.chat([Message.user(question)], stream=True))
+        _stream(llm.chat([Message.user(question)], stream=True, **options))
         return 0
     print(
         f"Chatting with {Path(llm.metadata.model_name).name} ({llm.formatter_name} format). "
@@ -148,7 +170,7 @@ def _chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         history.append(Message.user(line))
-        answer = _stream(llm.chat(history, stream=True))
+        answer = _stream(llm.chat(history, stream=True, **options))
         history.append(Message(role=MessageRole.ASSISTANT, content=answer.strip()))
 
 
@@ -223,6 +245,9 @@ def _parser() -> argparse.ArgumentParser:
     generation.add_argument("--max-tokens", type=int, help="most tokens to generate (default 256)")
     generation.add_argument("--ctx", type=int, help="context window in tokens (default 3900)")
     generation.add_argument("--n-gpu-layers", type=int, help="layers to offload to a GPU (-1: all)")
+    generation.add_argument(
+        "--json-schema", metavar="FILE", help="answer with JSON matching this JSON Schema"
+    )
 
     complete = commands.add_parser("complete", parents=[generation], help="complete a prompt")
     complete.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: stdin)")

@@ -63,3 +63,12 @@ def test_the_kit_catches(changes: dict[str, object], problem: str) -> None:
 def test_the_kit_passes_a_good_formatter() -> None:
     report = check_formatter(LLAMA3)
     assert report.bos_token == BOS and report.completion_tokens >= 1
+
+
+def test_the_source_kit_catches_a_source_that_claims_everything(tiny_model_path) -> None:  # type: ignore[no-untyped-def]
+    from serapeum.core.plugins import ModelRequest, ModelSource
+    from serapeum.llama_cpp.testing.conformance import check_source
+
+    greedy = ModelSource(name="greedy", handles=lambda r: True, resolve=lambda r: tiny_model_path)
+    with pytest.raises(ConformanceError, match="claims a url request"):
+        check_source(greedy, ModelRequest(model_path=str(tiny_model_path)))

@@ -350,3 +350,10 @@ def test_the_download_command_prefetches_for_offline_use(
     missing = download(f"hf:{REPO}/tiny-Q8_0.gguf", HF_HUB_OFFLINE="1")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert REPO in missing.stderr
+
+
+def test_passes_the_conformance_kit(hub_env, repo, tiny_bytes: bytes) -> None:
+    from serapeum.llama_cpp.testing.conformance import check_source
+
+    path = check_source(HF_SOURCE, request("tiny-Q4_K_M.gguf"))
+    assert path.read_bytes() == tiny_bytes

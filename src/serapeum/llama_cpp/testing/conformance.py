@@ -1,4 +1,6 @@
-"""The conformance kit for prompt formatter plugins: call it from your plugin's tests.
+"""The conformance kit for plugins: call it from your plugin's tests.
+
+``check_formatter`` for prompt formatters, ``check_source`` for model sources.
 
     from serapeum.llama_cpp.testing.conformance import check_formatter
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from attrs import frozen
 
 from serapeum.core.llms import Message
-from serapeum.core.plugins import PluginHost, PromptFormatter
+from serapeum.core.plugins import ModelRequest, ModelSource, PluginHost, PromptFormatter
 from serapeum.llama_cpp.testing.tiny_model import SPECIAL_TOKENS, TinyModelSpec, build_tiny_gguf
 
 SYSTEM = "KIT-SYSTEM-7d1"
@@ -140,3 +142,51 @@ def _run_on_tiny_model(formatter: PromptFormatter, prompt: str, bos: str) -> Con
         bos_token=bos,
         completion_tokens=int(response.raw["usage"]["completion_tokens"]),
     )
+
+
+def check_source(source: ModelSource, request: ModelRequest) -> Path:
+    """Check a model source on a request it should serve; returns the resolved path.
+
+    The source must claim the request, resolve it to an existing GGUF file, claim none of
+    the requests of other kinds it was not written for, and load in ``LlamaCPP``.
+    """
+    from serapeum.llama_cpp.gguf_file import require_gguf
+    from serapeum.llama_cpp.llm import LlamaCPP
+
+    where = f"source {source.name!r}"
+    if not source.handles(request):
+        raise ConformanceError(f"{where} does not claim {request.describe()}")
+    path = Path(source.resolve(request))
+    if not path.is_file():
+        raise ConformanceError(f"{where} resolved {request.describe()} to {path}, which is no file")
+    require_gguf(path)
+    if Path(source.resolve(request)) != path:
+        raise ConformanceError(f"{where} resolves the same request to different files")
+    unrelated = {
+        "path": ModelRequest(model_path="/nonexistent/kit.gguf"),
+        "url": ModelRequest(model_url="kit-scheme://host/kit.gguf"),
+        "hf": ModelRequest(hf_model_id="kit-org/kit-repo", hf_filename="kit.gguf"),
+    }
+    for kind, other in unrelated.items():
+        if kind != request.kind and source.handles(other):
+            raise ConformanceError(
+                f"{where} claims a {kind} request it cannot serve: {other.describe()}"
+            )
+    LlamaCPP(model_path=str(path), formatter=_PLAIN_TEXT)
+    return path
+
+
+def _plain_messages(messages: list[Message], system_prompt: str | None = None) -> str:
+    return "\n".join(message.content for message in messages)
+
+
+def _plain_completion(completion: str, system_prompt: str | None = None) -> str:
+    return completion
+
+
+# Loading only needs some prompt format; this one depends on no formatter plugin.
+_PLAIN_TEXT = PromptFormatter(
+    name="kit-plain-text",
+    messages_to_prompt=_plain_messages,
+    completion_to_prompt=_plain_completion,
+)

@@ -26,8 +26,11 @@ from importlib import metadata
 from pathlib import Path
 
 from serapeum.core.llms import CompletionResponse
+from serapeum.core.plugins import get_plugin_host
 from serapeum.llama_cpp import LlamaCPP
-from serapeum.llama_cpp.demo import DEMO_FORMATTER, demo_model_path
+from serapeum.llama_cpp.demo import demo_model_path
+
+FORMATTER = "gemma"
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a map. Once upon a time,"
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -55,7 +58,11 @@ def bench_generation(llm: LlamaCPP, tokens: int, repeats: int) -> dict[str, floa
     raw = llm.loaded_model.llama  # the very Llama object LlamaCPP drives
     # LlamaCPP always adds the formatter's end-of-turn markers to the stop sequences; the
     # raw call gets the same list, so both do the same per-token stop checks.
-    settings = {"max_tokens": tokens, "temperature": 0.0, "stop": list(DEMO_FORMATTER.stop)}
+    settings = {
+        "max_tokens": tokens,
+        "temperature": 0.0,
+        "stop": list(get_plugin_host().formatters.get(FORMATTER).stop),
+    }
     # Plain text sent as written (no BOS text in it), so the raw call's own tokenisation
     # gives the same token ids as ours and both generate the same text.
     prompt = PROMPT
@@ -145,7 +152,7 @@ def bench_second_construction(llm: LlamaCPP, repeats: int) -> dict[str, float]:
     path = llm.model_path
 
     def construct() -> None:
-        LlamaCPP(model_path=path, formatter=DEMO_FORMATTER, context_window=llm.context_window)
+        LlamaCPP(model_path=path, formatter=FORMATTER, context_window=llm.context_window)
 
     return {"ms": _median_time(construct, repeats) * 1e3}
 
@@ -180,9 +187,7 @@ def main() -> int:
         args.model, args.tokens, args.repeats = "tiny", 16, 1
 
     path, description = _model(args.model)
-    llm = LlamaCPP(
-        model_path=str(path), formatter=DEMO_FORMATTER, temperature=0.0, context_window=2048
-    )
+    llm = LlamaCPP(model_path=str(path), formatter=FORMATTER, temperature=0.0, context_window=2048)
     # Warm-up: first-call allocations, and the KV cache holding the prompt both paths reuse.
     llm.complete(PROMPT, formatted=True, max_new_tokens=4)
     generation = bench_generation(llm, args.tokens, args.repeats)

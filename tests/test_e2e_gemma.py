@@ -9,7 +9,6 @@ import pytest
 
 from serapeum.core.llms import Message
 from serapeum.llama_cpp import LlamaCPP
-from serapeum.llama_cpp.demo import DEMO_FORMATTER
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def gemma(gemma_model_path: Path) -> LlamaCPP:
     return LlamaCPP(
         model_path=str(gemma_model_path),
-        formatter=DEMO_FORMATTER,
+        formatter="gemma",
         temperature=0.0,
         max_new_tokens=24,
         context_window=2048,

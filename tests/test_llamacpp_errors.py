@@ -165,10 +165,24 @@ def test_per_call_out_of_range_values(tiny_llm: LlamaCPP) -> None:
     assert not tiny_llm.loaded_model.lock.locked()
 
 
+def _failing_processor(_input_ids: object, _logits: object) -> object:
+    raise ZeroDivisionError("a user's logits processor failed")
+
+
 def test_backend_error_mid_call_releases_the_lock(tiny_llm: LlamaCPP) -> None:
-    with pytest.raises(TypeError):
-        tiny_llm.complete("hi", no_such_option=1)
+    with pytest.raises(ZeroDivisionError):
+        tiny_llm.complete("hi", logits_processor=_failing_processor)
     assert not tiny_llm.loaded_model.lock.locked()
-    with pytest.raises(TypeError):
-        list(tiny_llm.complete("hi", stream=True, no_such_option=1))
+    with pytest.raises(ZeroDivisionError):
+        list(tiny_llm.complete("hi", stream=True, logits_processor=_failing_processor))
+    assert not tiny_llm.loaded_model.lock.locked()
+    # ... and the model still works, with the failed request's partial state cleaned up
+    assert tiny_llm.complete("hi", max_new_tokens=2).usage is not None
+
+
+def test_unknown_generation_option_is_refused_before_generation(tiny_llm: LlamaCPP) -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown generation option.*no_such_option.*top_k"):
+        tiny_llm.complete("hi", no_such_option=1)
+    with pytest.raises(ConfigurationError, match="echo"):
+        tiny_llm.complete("hi", echo=True)
     assert not tiny_llm.loaded_model.lock.locked()

@@ -6,12 +6,17 @@ loaded model owns one ``ModelLock``; every call into llama.cpp for that model ho
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import random
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from serapeum.core.cancellation import CancelToken
+from serapeum.core.errors import ConfigurationError
 from serapeum.core.plugins import (
     BackendChunk,
     BackendResult,
@@ -22,9 +27,13 @@ from serapeum.core.plugins import (
 )
 from serapeum.llama_cpp import native_log
 from serapeum.llama_cpp.errors import GenerationCancelled, ModelLoadError
+from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan
+from serapeum.llama_cpp.generation import DecodeError, Generation
 from serapeum.llama_cpp.model_lock import ModelLock
+from serapeum.llama_cpp.sampling import sampler_settings
 
 BACKEND_NAME = "llama-cpp"
+logger = logging.getLogger("serapeum.llama_cpp")
 
 
 def _c_flag_reader() -> Any:
@@ -83,16 +92,6 @@ class _PromptAbort:
             self._set_callback(self._ctx, self._no_callback, None)
             self._undo()
             self._undo = None
-
-
-def _is_abort(exc: BaseException, request: GenerationRequest) -> bool:
-    """llama-cpp-python reports an aborted decode as ``RuntimeError('llama_decode returned 2')``."""
-    return (
-        request.cancel is not None
-        and request.cancel.is_set()
-        and isinstance(exc, RuntimeError)
-        and str(exc).endswith("returned 2")
-    )
 
 
 def _special_token_texts(llama: Any) -> set[str]:
@@ -172,6 +171,16 @@ class LlamaCppModel:
         self._space_after_special = _space_after_special_pattern(llama, self._special_tokens)
         self._prompt_abort = _PromptAbort(llama)
         self._info: ModelInfo | None = None
+        self._vocab = llama._model.vocab
+        self._n_vocab = int(llama.n_vocab())
+        self._seeds = random.Random(llama._seed)
+        self._newline_tokens = (
+            llama.tokenize(b"\n", add_bos=False, special=True)
+            if self._space_after_special is not None
+            else []
+        )
+        self.pieces: dict[int, bytes] = {}
+        self.evaluated = EvaluatedTokens()
         self.lock = ModelLock(str(path))
 
     @property
@@ -210,73 +219,182 @@ class LlamaCppModel:
             tokens.insert(0, self._bos)
         return tokens
 
-    def _arguments(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
-        arguments = dict(request.options)
-        arguments.update(
-            prompt=list(request.prompt_tokens),
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            stop=list(request.stop),
-            stream=stream,
+    # -- the generation loop's view of the model ------------------------------------
+    @property
+    def vocab(self) -> Any:
+        return self._vocab
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one generated token (control tokens give ``b""``), cached."""
+        import llama_cpp as lib
+
+        size = 64
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            written = lib.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
+            if written >= 0:
+                break
+            size = -written
+        piece = buffer.raw[:written]
+        self.pieces[token] = piece
+        return piece
+
+    def next_seed(self, seed: int | None) -> int:
+        """The request's seed, else the next of a sequence started from the model's seed."""
+        if seed is not None:
+            return seed
+        return self._seeds.randint(0, 2**32 - 1)
+
+    def check_options(self, request: GenerationRequest) -> None:
+        """Raise ``ConfigurationError`` for options this backend does not understand."""
+        sampler_settings(request.temperature, request.options)
+
+    def tokenize_continuation(self, text: str) -> list[int] | None:
+        """Tokens of ``text`` as it continues a prompt, or None where that is not certain.
+
+        llama.cpp's SentencePiece tokenizer puts a space in front of text that starts a
+        prompt; a continuation must not get one. There the text is tokenised behind a
+        newline whose tokens are then dropped, and only if they came out as the newline
+        alone (a tokenizer that merged across the seam is not trusted).
+        """
+        if self._space_after_special is None:
+            return self._llama.tokenize(text.encode(), add_bos=False, special=True)
+        fixed = self._space_after_special.sub(r"\1", text)
+        lead = self._newline_tokens
+        tokens: list[int] = self._llama.tokenize(("\n" + fixed).encode(), add_bos=False, special=True)
+        if tokens[: len(lead)] != lead:
+            return None
+        return tokens[len(lead) :]
+
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan:
+        """Which prompt tokens to use and how many are already in the KV cache."""
+        if not request.prompt_tokens:
+            raise ConfigurationError("the prompt is empty: there is nothing to continue from")
+        self._adopt_foreign_state()
+        plan = self.evaluated.plan(
+            request.prompt_tokens, request.prompt_text, self.tokenize_continuation
         )
+        if len(plan.tokens) >= self.n_ctx:  # a re-used answer spelled longer: play safe
+            plan = PromptPlan(tokens=list(request.prompt_tokens), cached=0)
+        return plan
+
+    def _adopt_foreign_state(self) -> None:
+        """Someone used ``llama`` directly (e.g. ``create_completion``): take its tokens."""
+        llama, known = self._llama, self.evaluated.tokens
+        n = llama.n_tokens
+        if n != len(known) or (n and llama.input_ids[:n].tolist() != known):
+            self.evaluated.clear()
+            self.evaluated.tokens = llama.input_ids[:n].tolist()
+
+    def evaluate_prompt(self, plan: PromptPlan, request: GenerationRequest) -> None:
+        """Decode the prompt tokens that are not cached; cancellable while it runs."""
+        import llama_cpp as lib
+
+        llama, cached = self._llama, plan.cached
+        if not llama._ctx.kv_cache_seq_rm(-1, cached, -1):
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            cached = plan.cached = 0
+        self.evaluated.tokens = plan.tokens[:cached]
+        self._sync_llama(cached)
+        fresh = plan.tokens[cached:]
+        step = int(llama.n_batch)
         if request.cancel is not None:
-            from llama_cpp import StoppingCriteriaList
-
-            cancel, disarm = request.cancel, self._prompt_abort.disarm
-
-            def cancelled(_input_ids: Any, _logits: Any) -> bool:
-                disarm()  # the prompt is evaluated: per-token checks from here on
-                return cancel.is_set()
-
-            criteria = StoppingCriteriaList(arguments.get("stopping_criteria") or [])
-            criteria.append(cancelled)
-            arguments["stopping_criteria"] = criteria
-        return arguments
-
-    def complete(self, request: GenerationRequest) -> BackendResult:
-        arguments = self._arguments(request, stream=False)
-        self.lock.acquire(request.cancel)
+            self._prompt_abort.arm(request.cancel)
         try:
-            if request.cancel is not None:
-                self._prompt_abort.arm(request.cancel)
-            raw = self._llama.create_completion(**arguments)
-        except Exception as exc:
-            if _is_abort(exc, request):
-                raise GenerationCancelled("cancelled while evaluating the prompt") from exc
+            for offset in range(0, len(fresh), step):
+                chunk = fresh[offset : offset + step]
+                cells = (lib.llama_token * len(chunk))(*chunk)
+                batch = lib.llama_batch_get_one(cells, len(chunk))
+                status = lib.llama_decode(llama.ctx, batch)
+                if status == 2 and request.cancel is not None and request.cancel.is_set():
+                    raise GenerationCancelled("cancelled while evaluating the prompt")
+                if status:
+                    raise DecodeError(f"llama_decode failed with status {status} on the prompt")
+        except BaseException:
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            self.evaluated.clear()
+            self._sync_llama(0)
             raise
         finally:
             self._prompt_abort.disarm()
+        self.evaluated.start(plan, request.prompt_text)
+        self._sync_llama(cached)
+
+    def record_generation(
+        self, tokens: list[int], text: str, marks: list[tuple[int, int]]
+    ) -> None:
+        """The generated tokens now in the KV cache, with the text marks they spell."""
+        text = text[: marks[-1][0]] if marks else ""
+        before = len(self.evaluated.tokens)
+        self.evaluated.extend(tokens, text, marks)
+        self._sync_llama(before)
+
+    def _sync_llama(self, unchanged: int) -> None:
+        """Tell ``llama`` what its KV cache holds, so its own calls can reuse it too."""
+        llama, tokens = self._llama, self.evaluated.tokens
+        llama.input_ids[unchanged : len(tokens)] = tokens[unchanged:]
+        llama.n_tokens = len(tokens)
+        llama._requires_eval = True
+
+    # -- requests ----------------------------------------------------------------------
+    def complete(self, request: GenerationRequest) -> BackendResult:
+        started = time.perf_counter()
+        generation = Generation(self, request, started)
+        self.lock.acquire(request.cancel)
+        try:
+            text = "".join(generation.text())
+        finally:
             self.lock.release()
-        return BackendResult(text=raw["choices"][0]["text"], raw=raw)
+        return BackendResult(
+            text=text,
+            raw=generation.raw_chunk(text, final=True),
+            usage=generation.usage,
+            timing=generation.timing,
+            finish_reason=generation.finish_reason,
+        )
 
     def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
-        arguments = self._arguments(request, stream=True)
+        started = time.perf_counter()
+        generation = Generation(self, request, started)
         try:
             self.lock.acquire(request.cancel)
         except GenerationCancelled:
             return  # cancelled while waiting for the model: nobody is listening
         try:
-            if request.cancel is not None:
-                self._prompt_abort.arm(request.cancel)
-            chunks = self._llama.create_completion(**arguments)
+            pieces = generation.text()
             try:
-                for raw in chunks:
-                    yield BackendChunk(delta=raw["choices"][0]["text"], raw=raw)
-            except Exception as exc:
-                if not _is_abort(exc, request):
-                    raise
-                # cancelled during the prompt: the consumer is gone, end quietly
+                for delta in pieces:
+                    yield BackendChunk(delta=delta, raw=generation.raw_chunk(delta))
+            except GenerationCancelled:
+                return  # cancelled during the prompt: the consumer is gone, end quietly
             finally:
-                chunks.close()
+                pieces.close()
         finally:
-            self._prompt_abort.disarm()
             self.lock.release()
+        yield BackendChunk(
+            delta="",
+            raw=generation.raw_chunk("", final=True),
+            usage=generation.usage,
+            timing=generation.timing,
+            finish_reason=generation.finish_reason,
+        )
 
 
 def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     """Load ``path`` with ``llama_cpp.Llama(**options)``."""
     from llama_cpp import Llama
 
+    options = dict(options)
+    if options.pop("logits_all", False):
+        logger.warning(
+            "logits_all=True is ignored: it makes every prompt 2-3x slower to evaluate and "
+            "holds n_ctx x vocabulary floats; ask for logprobs per request instead "
+            "(complete(..., logprobs=5))"
+        )
     native_log.install()
     try:
         llama = Llama(model_path=str(path), **options)

@@ -12,6 +12,7 @@ from typing import Any, Literal, overload
 from attrs import define, evolve, field
 from attrs import validators as v
 
+from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms import (
     LLM,
@@ -25,6 +26,7 @@ from serapeum.core.llms import (
 from serapeum.core.llms.thread_bridge import Worker, iterate_in_thread, run_in_thread
 from serapeum.core.llms.types import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from serapeum.core.plugins import (
+    BackendChunk,
     GenerationRequest,
     LoadedModel,
     PluginHost,
@@ -62,7 +64,7 @@ def _worker_for(model: LoadedModel) -> Worker:
         return worker
 
 
-_SAMPLING_FIELDS = ("temperature", "max_tokens", "stop")
+_SAMPLING_FIELDS = ("temperature", "max_tokens", "stop", "cancel")
 
 
 def _check_temperature(value: Any, name: str = "temperature") -> float:
@@ -105,6 +107,24 @@ def _normalise_generation_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
     if "max_new_tokens" in normalised:
         normalised["max_tokens"] = normalised.pop("max_new_tokens")
     return normalised
+
+
+def _chunk_response(text: str, chunk: BackendChunk) -> CompletionResponse:
+    return CompletionResponse(
+        text=text,
+        delta=chunk.delta,
+        raw=chunk.raw,
+        usage=chunk.usage,
+        timing=chunk.timing,
+        finish_reason=chunk.finish_reason,
+    )
+
+
+def _linked(request: GenerationRequest, cancel: CancelToken) -> GenerationRequest:
+    """The request with the async machinery's token, also set by the caller's own token."""
+    if request.cancel is not None:
+        request.cancel.on_set(cancel.set)
+    return evolve(request, cancel=cancel)
 
 
 @define(kw_only=True, eq=False)
@@ -289,13 +309,22 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             )
         stop = list(dict.fromkeys([*_stop_list(settings["stop"]), *self._writer.stop]))
         options = {k: val for k, val in settings.items() if k not in _SAMPLING_FIELDS}
-        return GenerationRequest(
+        cancel = settings.get("cancel")
+        if cancel is not None and not isinstance(cancel, CancelToken):
+            raise TypeError(f"cancel must be a serapeum.core.CancelToken, got {cancel!r}")
+        request = GenerationRequest(
             prompt_tokens=tokens,
             max_tokens=min(settings["max_tokens"], n_ctx - len(tokens)),
             temperature=float(settings["temperature"]),
             stop=stop,
             options=options,
+            cancel=cancel,
+            prompt_text=text,
         )
+        check_options = getattr(self._model, "check_options", None)
+        if check_options is not None:
+            check_options(request)
+        return request
 
     # -- completion -----------------------------------------------------------------
     @overload
@@ -314,8 +343,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         """Complete ``prompt`` (written in the model's format unless ``formatted``).
 
         Keyword arguments override ``generate_kwargs`` and the instance's settings for
-        this call only. With ``stream=True`` returns an iterator of chunks whose
-        ``delta`` is the new text and ``text`` the text so far.
+        this call only; ``cancel=CancelToken()`` lets another thread stop generation
+        (the answer so far comes back with ``finish_reason`` CANCELLED). With
+        ``stream=True`` returns an iterator of chunks whose ``delta`` is the new text and
+        ``text`` the text so far. The response, or a stream's last chunk, carries
+        ``usage``, ``timing`` and ``finish_reason``.
         """
         request = self._build_request(prompt, formatted, kwargs)
         reentry.refuse_blocking_call(self._model)
@@ -325,7 +357,13 @@ class LlamaCPP(CompletionToChatMixin, LLM):
 
     def _complete(self, request: GenerationRequest) -> CompletionResponse:
         result = self._model.complete(request)
-        return CompletionResponse(text=result.text, raw=result.raw)
+        return CompletionResponse(
+            text=result.text,
+            raw=result.raw,
+            usage=result.usage,
+            timing=result.timing,
+            finish_reason=result.finish_reason,
+        )
 
     def _stream(self, request: GenerationRequest) -> Iterator[CompletionResponse]:
         chunks = self._model.stream(request)
@@ -333,7 +371,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         try:
             for chunk in chunks:
                 text += chunk.delta
-                yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
+                yield _chunk_response(text, chunk)
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -363,7 +401,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if stream:
             return self._astream(request, reentry.new_stream(self._model))
         return await run_in_thread(
-            lambda cancel: self._complete(evolve(request, cancel=cancel)),
+            lambda cancel: self._complete(_linked(request, cancel)),
             worker=_worker_for(self._model),
         )
 
@@ -372,14 +410,14 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     ) -> AsyncIterator[CompletionResponse]:
         reentry.stream_started(marker, self._model)  # refuses a stream that would deadlock
         chunks = iterate_in_thread(
-            lambda cancel: self._model.stream(evolve(request, cancel=cancel)),
+            lambda cancel: self._model.stream(_linked(request, cancel)),
             worker=_worker_for(self._model),
         )
         text = ""
         try:
             async for chunk in chunks:
                 text += chunk.delta
-                yield CompletionResponse(text=text, delta=chunk.delta, raw=chunk.raw)
+                yield _chunk_response(text, chunk)
         finally:
             reentry.stream_closed(marker, self._model)
             await chunks.aclose()  # type: ignore[attr-defined]

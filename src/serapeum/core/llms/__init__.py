@@ -10,9 +10,12 @@ from serapeum.core.llms.types import (
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
+    FinishReason,
     Message,
     MessageRole,
     Metadata,
+    Timing,
+    Usage,
 )
 
 __all__ = [
@@ -25,8 +28,11 @@ __all__ = [
     "CompletionResponseAsyncGen",
     "CompletionResponseGen",
     "CompletionToChatMixin",
+    "FinishReason",
     "Message",
     "MessageRole",
     "Metadata",
     "TextCompletionLLM",
+    "Timing",
+    "Usage",
 ]

@@ -38,6 +38,9 @@ def completion_to_chat_response(response: CompletionResponse) -> ChatResponse:
         delta=response.delta,
         raw=response.raw,
         additional_kwargs=response.additional_kwargs,
+        usage=response.usage,
+        timing=response.timing,
+        finish_reason=response.finish_reason,
     )
 
 

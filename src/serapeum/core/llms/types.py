@@ -15,9 +15,12 @@ __all__ = [
     "CompletionResponse",
     "CompletionResponseAsyncGen",
     "CompletionResponseGen",
+    "FinishReason",
     "Message",
     "MessageRole",
     "Metadata",
+    "Timing",
+    "Usage",
 ]
 
 DEFAULT_CONTEXT_WINDOW = 3900
@@ -69,18 +72,68 @@ class Message:
         return f"{self.role.value}: {self.content}"
 
 
+class FinishReason(StrEnum):
+    """Why generation ended."""
+
+    STOP = "stop"  # an end-of-turn token or a stop sequence
+    LENGTH = "length"  # max_new_tokens or the context window
+    CANCELLED = "cancelled"  # the caller's cancel token
+
+
+@frozen
+class Usage:
+    """Token counts of one generation.
+
+    ``cached_prompt_tokens`` of the ``prompt_tokens`` were already evaluated (by an earlier
+    turn or request) and were not evaluated again.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def evaluated_prompt_tokens(self) -> int:
+        """Prompt tokens this request evaluated: the ones that were not cached."""
+        return self.prompt_tokens - self.cached_prompt_tokens
+
+
+@frozen
+class Timing:
+    """Where the time of one generation went, in seconds.
+
+    ``time_to_first_token`` runs from the start of the request (waiting for the model
+    included) to the first generated token; ``prompt_seconds`` is the prompt evaluation
+    alone; ``generation_seconds`` runs from the first generated token to the last.
+    """
+
+    time_to_first_token: float
+    prompt_seconds: float
+    generation_seconds: float
+    tokens_per_second: float
+
+
 @frozen
 class CompletionResponse:
     """A completion, or one chunk of a streamed completion.
 
     In a stream ``delta`` is the text this chunk added and ``text`` the text so
-    far; ``raw`` is the backend's own response (or chunk) dictionary.
+    far; ``raw`` is the backend's own response (or chunk) dictionary. ``usage``,
+    ``timing`` and ``finish_reason`` are set on a whole response and on the last chunk
+    of a stream (None on the others, and for backends that do not report them).
     """
 
     text: str
     delta: str | None = None
     raw: Any = None
     additional_kwargs: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+    usage: Usage | None = None
+    timing: Timing | None = None
+    finish_reason: FinishReason | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -94,6 +147,9 @@ class ChatResponse:
     delta: str | None = None
     raw: Any = None
     additional_kwargs: dict[str, Any] = field(factory=dict, converter=_frozen_dict)
+    usage: Usage | None = None
+    timing: Timing | None = None
+    finish_reason: FinishReason | None = None
 
     def __str__(self) -> str:
         return str(self.message)

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 from attrs import field, frozen
 
 from serapeum.core.cancellation import CancelToken
+from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins.descriptors import ModelInfo, _names, _read_only
 
 __all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
@@ -26,6 +27,10 @@ class GenerationRequest:
     """One generation: the prompt as token ids and everything that steers sampling.
 
     ``cancel`` is set by the caller to stop generation at the next token.
+    ``prompt_text``, when given, is the text ``prompt_tokens`` came from: a backend that
+    keeps earlier turns evaluated may use it to keep their token ids (a re-tokenised
+    answer can differ from the tokens the model generated) and then evaluates only the
+    text that is new.
     """
 
     prompt_tokens: tuple[int, ...] = field(converter=_ints)
@@ -34,22 +39,32 @@ class GenerationRequest:
     stop: tuple[str, ...] = field(default=(), converter=_names)
     options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
     cancel: CancelToken | None = field(default=None, eq=False)
+    prompt_text: str | None = field(default=None, eq=False)
 
 
 @frozen
 class BackendResult:
-    """A whole completion: its text and the backend's raw response."""
+    """A whole completion: its text, the backend's raw response and its figures."""
 
     text: str
     raw: Any
+    usage: Usage | None = None
+    timing: Timing | None = None
+    finish_reason: FinishReason | None = None
 
 
 @frozen
 class BackendChunk:
-    """One streamed piece: the new text and the backend's raw chunk."""
+    """One streamed piece: the new text and the backend's raw chunk.
+
+    The last chunk of a stream carries ``usage``, ``timing`` and ``finish_reason``.
+    """
 
     delta: str
     raw: Any
+    usage: Usage | None = None
+    timing: Timing | None = None
+    finish_reason: FinishReason | None = None
 
 
 @runtime_checkable

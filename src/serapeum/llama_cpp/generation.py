@@ -1,0 +1,249 @@
+"""The built-in backend's own generation loop over llama.cpp's low-level API.
+
+Per generated token the Python work is fixed: one ``llama_decode`` and one native
+sampler call, a dictionary lookup for the token's bytes, an incremental UTF-8 decode and
+a stop-sequence check over a bounded tail. Nothing re-reads the completion so far, so a
+token costs the same at position 1,000 as at position 1 (llama-cpp-python's
+``create_completion`` re-detokenises and rescans the whole completion every token).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from serapeum.core.llms.types import FinishReason, Timing, Usage
+from serapeum.core.plugins import GenerationRequest
+from serapeum.llama_cpp.evaluated_tokens import PromptPlan
+from serapeum.llama_cpp.sampling import SamplerSettings, build_sampler, sampler_settings
+from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
+
+if TYPE_CHECKING:
+    from serapeum.llama_cpp.backend import LlamaCppModel
+
+__all__ = ["DecodeError", "Generation"]
+
+
+class DecodeError(RuntimeError):
+    """llama.cpp could not evaluate a batch."""
+
+
+def _decode_error(status: int, n_ctx: int) -> DecodeError:
+    if status == 1:
+        return DecodeError(
+            f"llama_decode found no room in the KV cache (context of {n_ctx} tokens); "
+            "raise context_window or shorten the prompt"
+        )
+    return DecodeError(f"llama_decode failed with status {status}")
+
+
+class Generation:
+    """One request on a loaded model. Iterate ``text()`` while holding the model's lock.
+
+    Once the iterator is exhausted, ``finish_reason``, ``usage``, ``timing`` and
+    ``logprobs`` describe what happened.
+    """
+
+    def __init__(self, model: LlamaCppModel, request: GenerationRequest, started: float) -> None:
+        self._model = model
+        self._request = request
+        self._started = started
+        self.settings: SamplerSettings = sampler_settings(request.temperature, request.options)
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.timing: Timing | None = None
+        self.logprobs: dict[str, list[Any]] | None = None
+        self.id = f"cmpl-{uuid.uuid4()}"
+        self.created = int(time.time())
+
+    # -- raw dictionaries in create_completion's shape --------------------------------
+    def raw_chunk(self, text: str, final: bool = False) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "text": text,
+            "index": 0,
+            "logprobs": self.logprobs if final else None,
+            "finish_reason": self.finish_reason.value if final and self.finish_reason else None,
+        }
+        raw: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self._model.name,
+            "choices": [choice],
+        }
+        if final and self.usage is not None:
+            raw["usage"] = {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+            }
+        return raw
+
+    # -- the loop ------------------------------------------------------------------------
+    def text(self) -> Iterator[str]:
+        """Generate, yielding non-empty pieces of text as soon as they are final."""
+        import llama_cpp as lib
+
+        model, request, settings = self._model, self._request, self.settings
+        llama = model.llama
+        ctx, vocab, n_ctx = llama.ctx, model.vocab, model.n_ctx
+        plan = model.plan_prompt(request)
+        prompt_started = time.perf_counter()
+        model.evaluate_prompt(plan, request)
+        prompt_done = time.perf_counter()
+
+        sampler = build_sampler(
+            settings,
+            vocab=vocab,
+            n_vocab=model.n_vocab,
+            seed=model.next_seed(settings.seed),
+            last_n=llama.last_n_tokens_size,
+        )
+        decode, sample, is_eog = lib.llama_decode, lib.llama_sampler_sample, lib.llama_vocab_is_eog
+        token_cell = (lib.llama_token * 1)()
+        one_token = lib.llama_batch_get_one(token_cell, 1)
+        pieces = model.pieces
+        piece_of = model.piece
+        utf8 = Utf8Assembler()
+        stops = StopScanner(request.stop)
+        scanning = stops.active
+        cancel = request.cancel
+        inspect = (
+            settings.logprobs is not None
+            or settings.logits_processor is not None
+            or settings.stopping_criteria is not None
+        )
+        if inspect:
+            self.logprobs = (
+                {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+                if settings.logprobs is not None
+                else None
+            )
+
+        generated: list[int] = []
+        raw_parts: list[str] = []
+        marks: list[tuple[int, int]] = []
+        raw_chars = 0
+        marking = True
+        evaluated = 0  # generated tokens decoded into the KV cache
+        limit = min(request.max_tokens, n_ctx - len(plan.tokens))
+        finish = FinishReason.LENGTH
+        stopped_by_sequence = False
+        first_token_at = prompt_done
+        token = -1
+        try:
+            for index in range(limit):
+                if index:
+                    token_cell[0] = token
+                    status = decode(ctx, one_token)
+                    if status:
+                        raise _decode_error(status, n_ctx)
+                    evaluated += 1
+                if inspect:
+                    token = self._sample_inspected(sampler, generated, plan, raw_chars)
+                else:
+                    token = sample(sampler, ctx, -1)
+                if not index:
+                    first_token_at = time.perf_counter()
+                if is_eog(vocab, token):
+                    finish = FinishReason.STOP
+                    break
+                generated.append(token)
+                piece = pieces.get(token)
+                if piece is None:
+                    piece = piece_of(token)
+                text = utf8.feed(piece)
+                if text:
+                    raw_parts.append(text)
+                    raw_chars += len(text)
+                    if marking and not utf8.pending:
+                        marks.append((raw_chars, len(generated)))
+                    if scanning:
+                        text, stopped_by_sequence = stops.push(text)
+                        if text:
+                            yield text
+                        if stopped_by_sequence:
+                            finish = FinishReason.STOP
+                            break
+                    else:
+                        yield text
+                elif not piece:  # a control token: its text is not in the answer
+                    marking = False
+                if inspect and self._stop_requested(generated, plan):
+                    finish = FinishReason.STOP
+                    break
+                if cancel is not None and cancel.is_set():
+                    finish = FinishReason.CANCELLED
+                    break
+            last_token_at = time.perf_counter()
+            if not stopped_by_sequence:
+                tail = utf8.flush()  # an unfinished character becomes U+FFFD
+                if scanning:
+                    tail, stopped_by_sequence = stops.push(tail)
+                    if not stopped_by_sequence:
+                        tail += stops.flush()
+                if tail:
+                    yield tail
+        finally:
+            lib.llama_sampler_free(sampler)
+            model.record_generation(
+                generated[:evaluated],
+                "".join(raw_parts),
+                [mark for mark in marks if mark[1] <= evaluated],
+            )
+        n_generated = len(generated)
+        self.finish_reason = finish
+        self.usage = Usage(
+            prompt_tokens=len(plan.tokens),
+            completion_tokens=n_generated,
+            cached_prompt_tokens=plan.cached,
+        )
+        generation_seconds = max(last_token_at - first_token_at, 0.0)
+        self.timing = Timing(
+            time_to_first_token=first_token_at - self._started,
+            prompt_seconds=prompt_done - prompt_started,
+            generation_seconds=generation_seconds,
+            tokens_per_second=(n_generated - 1) / generation_seconds
+            if n_generated > 1 and generation_seconds > 0
+            else 0.0,
+        )
+
+    # -- the slow path: logprobs, logits processors, stopping criteria ---------------
+    def _sample_inspected(
+        self, sampler: Any, generated: list[int], plan: PromptPlan, text_offset: int
+    ) -> int:
+        import numpy as np
+
+        import llama_cpp as lib
+
+        model, settings = self._model, self.settings
+        ctx = model.llama.ctx
+        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(model.n_vocab,))
+        if settings.logits_processor is not None:
+            input_ids = np.array(plan.tokens + generated, dtype=np.intc)
+            logits[:] = settings.logits_processor(input_ids, logits)
+        token = int(lib.llama_sampler_sample(sampler, ctx, -1))
+        if self.logprobs is not None:
+            shifted = logits.astype(np.float64) - float(logits.max())
+            log_probs = shifted - np.log(np.exp(shifted).sum())
+            top = settings.logprobs or 0
+            best = np.argpartition(-log_probs, top)[:top] if top else []
+            self.logprobs["tokens"].append(model.piece(token).decode("utf-8", "replace"))
+            self.logprobs["text_offset"].append(text_offset)
+            self.logprobs["token_logprobs"].append(float(log_probs[token]))
+            self.logprobs["top_logprobs"].append(
+                {model.piece(int(t)).decode("utf-8", "replace"): float(log_probs[t]) for t in best}
+            )
+        self._last_logits: Any = logits
+        return token
+
+    def _stop_requested(self, generated: list[int], plan: PromptPlan) -> bool:
+        criteria = self.settings.stopping_criteria
+        if criteria is None:
+            return False
+        import numpy as np
+
+        input_ids = np.array(plan.tokens + generated, dtype=np.intc)
+        return bool(criteria(input_ids, self._last_logits))

@@ -1,14 +1,22 @@
-"""Engine overhead against raw llama-cpp-python, every figure a ratio measured in one run.
+"""Engine speed against raw llama-cpp-python, a bare loop and a peer; ratios from one run.
 
-    .venv/bin/python bench/bench_engine.py                 # Gemma 3 270M, prints the report
-    .venv/bin/python bench/bench_engine.py --write         # ... and writes docs/benchmarks.md
-    .venv/bin/python bench/bench_engine.py --model tiny    # the tiny random-weight model
-    .venv/bin/python bench/bench_engine.py --smoke         # seconds-long run used by CI
+    .venv/bin/python bench/bench_engine.py --write     # the suite (~10 min), writes docs/benchmarks.md
+    .venv/bin/python bench/bench_engine.py --smoke     # seconds-long run used by CI
 
-Measures (same loaded model, same settings, runs interleaved, medians):
-1. generation tokens/s of ``LlamaCPP.complete`` vs ``llama_cpp.Llama.create_completion``;
-2. time to first chunk of ``acomplete(stream=True)`` vs ``complete(stream=True)``;
-3. construction time of a second ``LlamaCPP`` on an already-loaded model.
+The LlamaIndex comparison needs ``llama-index-llms-llama-cpp``, which the project does not
+depend on; install it beside the project only for the benchmark:
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install -r requirements.txt llama-index-llms-llama-cpp
+    .venv-bench/bin/python bench/bench_engine.py --write
+
+Measures (same loaded model, runs interleaved and alternating order, medians):
+1. generation tokens/s: ``LlamaCPP.complete`` vs ``Llama.create_completion`` vs a bare
+   low-level loop (``bare_loop.py``), 1,024 tokens, Gemma 3 270M and the tiny model;
+2. Python time per generated token at tokens 1-128 and 897-1,024 (``native_probe.py``);
+3. a 10-turn chat on Gemma 3 270M: prompt-evaluation time, ours vs LlamaIndex's ``LlamaCPP``;
+4. event-loop lag (a 1 ms ticker) during ``achat(stream=True)``;
+5. time to first chunk async vs sync, second construction, per-call overhead.
 """
 
 from __future__ import annotations
@@ -24,16 +32,32 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-from serapeum.core.llms import CompletionResponse
+from bare_loop import bare_generate
+from native_probe import NativeProbe
+
+from serapeum.core.llms import CompletionResponse, Message
 from serapeum.core.plugins import get_plugin_host
 from serapeum.llama_cpp import LlamaCPP
 from serapeum.llama_cpp.demo import demo_model_path
 
 FORMATTER = "gemma"
-
 PROMPT = "Write a long story about a lighthouse keeper who finds a map. Once upon a time,"
+COUNTING = "1, 2, 3, 4, 5,"  # Gemma 3 270M keeps counting: 1,024 tokens without an end
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+CHAT_QUESTIONS = [
+    "Hi! Can you tell me a fact about lighthouses?",
+    "Why were they built on rocks?",
+    "Who kept them running?",
+    "What did a keeper do at night?",
+    "Were there women keepers?",
+    "What is a Fresnel lens?",
+    "How far can the light be seen?",
+    "Are lighthouses still used today?",
+    "Which is the oldest one?",
+    "Thanks! Summarise what we discussed.",
+]
 
 
 def _model(kind: str) -> tuple[Path, str]:
@@ -54,46 +78,200 @@ def _median_time(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def bench_generation(llm: LlamaCPP, tokens: int, repeats: int) -> dict[str, float]:
-    raw = llm.loaded_model.llama  # the very Llama object LlamaCPP drives
-    # LlamaCPP always adds the formatter's end-of-turn markers to the stop sequences; the
-    # raw call gets the same list, so both do the same per-token stop checks.
-    settings = {
-        "max_tokens": tokens,
-        "temperature": 0.0,
-        "stop": list(get_plugin_host().formatters.get(FORMATTER).stop),
-    }
-    # Plain text sent as written (no BOS text in it), so the raw call's own tokenisation
-    # gives the same token ids as ours and both generate the same text.
-    prompt = PROMPT
-    ours_rates, raw_rates = [], []
+def _cold(llm: LlamaCPP) -> None:
+    """Empty the KV cache, so every contender evaluates the whole prompt."""
+    llama = llm.loaded_model.llama  # type: ignore[attr-defined]
+    llama.reset()
+    llama._ctx.kv_cache_clear()
 
-    def run_ours() -> str:
-        start = time.perf_counter()
-        ours = llm.complete(prompt, formatted=True, max_new_tokens=tokens, stop=[])
-        ours_rates.append(ours.raw["usage"]["completion_tokens"] / (time.perf_counter() - start))
-        return ours.text
 
-    def run_raw() -> str:
-        start = time.perf_counter()
-        theirs = raw.create_completion(prompt, **settings)
-        raw_rates.append(theirs["usage"]["completion_tokens"] / (time.perf_counter() - start))
-        return str(theirs["choices"][0]["text"])
+def _contenders(llm: LlamaCPP, tokens: int) -> dict[str, Callable[[], tuple[str, int]]]:
+    """Greedy generation of ``tokens`` tokens three ways, each from an empty KV cache."""
+    llama = llm.loaded_model.llama  # type: ignore[attr-defined]
+    prompt_tokens = llm.tokenize(COUNTING)
+    # LlamaCPP adds the formatter's end-of-turn markers to the stop sequences; the raw
+    # call gets the same list, so both do the same per-token stop checks.
+    stop = list(get_plugin_host().formatters.get(FORMATTER).stop)
 
-    # Interleaved, alternating which goes first (ABBA), so drift and order effects on a
-    # shared machine hit both alike.
-    for index in range(repeats):
-        texts = (run_raw(), run_ours()) if index % 2 else (run_ours(), run_raw())
-        assert texts[0] == texts[1], "same settings must give the same text"
-    # The ratio is the median of per-pair ratios: a pair runs back to back, so machine noise
-    # (this is a shared 2-core box) mostly cancels within it.
-    ratio = statistics.median(o / r for o, r in zip(ours_rates, raw_rates, strict=True))
+    def ours() -> tuple[str, int]:
+        _cold(llm)
+        response = llm.complete(COUNTING, formatted=True, max_new_tokens=tokens)
+        assert response.usage is not None
+        return response.text, response.usage.completion_tokens
+
+    def ours_stream() -> tuple[str, int]:
+        _cold(llm)
+        chunks = list(llm.complete(COUNTING, formatted=True, max_new_tokens=tokens, stream=True))
+        assert chunks[-1].usage is not None
+        return chunks[-1].text, chunks[-1].usage.completion_tokens
+
+    def raw() -> tuple[str, int]:
+        _cold(llm)
+        result = llama.create_completion(
+            prompt_tokens, max_tokens=tokens, temperature=0.0, stop=stop
+        )
+        return result["choices"][0]["text"], result["usage"]["completion_tokens"]
+
+    def raw_stream() -> tuple[str, int]:
+        _cold(llm)
+        text, count = "", 0
+        for chunk in llama.create_completion(
+            prompt_tokens, max_tokens=tokens, temperature=0.0, stop=stop, stream=True
+        ):
+            text += chunk["choices"][0]["text"]
+            count += 1
+        return text, count
+
+    def bare() -> tuple[str, int]:
+        return bare_generate(llama, prompt_tokens, tokens)
+
     return {
-        "ours_tps": statistics.median(ours_rates),
-        "raw_tps": statistics.median(raw_rates),
-        "ratio": ratio,
-        "overhead_us": _engine_overhead_us(llm, prompt, tokens),
+        "ours": ours,
+        "ours_stream": ours_stream,
+        "raw": raw,
+        "raw_stream": raw_stream,
+        "bare": bare,
     }
+
+
+def bench_generation(llm: LlamaCPP, tokens: int, repeats: int) -> dict[str, Any]:
+    runs = _contenders(llm, tokens)
+    names = ["ours", "raw", "bare"]
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    texts: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for index in range(repeats):
+        order = names if index % 2 == 0 else names[::-1]  # alternate, so drift hits all alike
+        for name in order:
+            start = time.perf_counter()
+            text, count = runs[name]()
+            rates[name].append(count / (time.perf_counter() - start))
+            texts[name], counts[name] = text, count
+    assert texts["ours"] == texts["raw"] == texts["bare"], "greedy runs must give the same text"
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    return {
+        "tokens": counts["ours"],
+        "tps": {name: statistics.median(values) for name, values in rates.items()},
+        "vs_raw": ratio("ours", "raw"),
+        "vs_bare": ratio("ours", "bare"),
+    }
+
+
+def bench_python_per_token(llm: LlamaCPP, tokens: int) -> dict[str, Any]:
+    """Median Python µs per token early and late in a long generation, for each contender."""
+    early, late = slice(0, 128), slice(max(tokens - 128, 128) - 1, tokens - 1)
+    figures: dict[str, Any] = {}
+    sampler_us = 0.0
+    for name, run in _contenders(llm, tokens).items():
+        with NativeProbe() as probe:
+            run()
+        gaps = probe.python_per_token()
+        figures[name] = (
+            statistics.median(gaps[early]) * 1e6,
+            statistics.median(gaps[late]) * 1e6 if len(gaps) > late.start else float("nan"),
+        )
+        sampler_us = probe.native_sampler_seconds() * 1e6
+    figures["sampler_us"] = sampler_us
+    figures["late_range"] = (late.start + 2, late.stop + 1)
+    return figures
+
+
+def bench_chat_turns(path: Path, llm: LlamaCPP, max_tokens: int) -> dict[str, Any] | str:
+    """Ten chat turns, each answer appended to the history; prompt-evaluation time per turn."""
+    try:
+        from llama_index.core.llms import ChatMessage
+        from llama_index.llms.llama_cpp import LlamaCPP as LlamaIndexLlamaCPP
+    except ImportError:
+        return "skipped: llama-index-llms-llama-cpp is not installed (see the module docstring)"
+    formatter = get_plugin_host().formatters.get(FORMATTER)
+
+    def messages_to_prompt(messages: Any, system_prompt: str | None = None) -> str:
+        ours = [Message(role=str(m.role.value), content=m.content or "") for m in messages]
+        return formatter.messages_to_prompt(ours, system_prompt)
+
+    def completion_to_prompt(completion: str, system_prompt: str | None = None) -> str:
+        return formatter.completion_to_prompt(completion, system_prompt)
+
+    peer = LlamaIndexLlamaCPP(
+        model_path=str(path),
+        temperature=0.0,
+        max_new_tokens=max_tokens,
+        context_window=llm.context_window,
+        messages_to_prompt=messages_to_prompt,
+        completion_to_prompt=completion_to_prompt,
+        generate_kwargs={"stop": list(formatter.stop)},
+        verbose=False,
+    )
+
+    def run_ours() -> list[tuple[float, int]]:
+        _cold(llm)
+        history: list[Message] = []
+        with NativeProbe() as probe:
+            for question in CHAT_QUESTIONS:
+                history.append(Message.user(question))
+                history.append(llm.chat(history, max_new_tokens=max_tokens).message)
+        return probe.prompt_seconds_per_call()
+
+    def run_peer() -> list[tuple[float, int]]:
+        peer._model.reset()
+        peer._model._ctx.kv_cache_clear()
+        history: list[Any] = []
+        with NativeProbe() as probe:
+            for question in CHAT_QUESTIONS:
+                history.append(ChatMessage(role="user", content=question))
+                history.append(peer.chat(history).message)
+        return probe.prompt_seconds_per_call()
+
+    ours, theirs = run_ours(), run_peer()
+    return {
+        "ours_seconds": sum(s for s, _ in ours),
+        "ours_tokens": sum(t for _, t in ours),
+        "peer_seconds": sum(s for s, _ in theirs),
+        "peer_tokens": sum(t for _, t in theirs),
+        "ours_turns": [t for _, t in ours],
+        "peer_turns": [t for _, t in theirs],
+        "peer_version": metadata.version("llama-index-llms-llama-cpp"),
+    }
+
+
+def bench_event_loop_lag(llm: LlamaCPP, tokens: int) -> dict[str, float]:
+    """Lateness of a 1 ms ticker while ``achat(stream=True)`` runs, and while idle."""
+
+    async def ticker(lags: list[float], done: asyncio.Event) -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - start - 0.001)
+
+    async def measure(busy: bool) -> list[float]:
+        lags: list[float] = []
+        done = asyncio.Event()
+        task = asyncio.create_task(ticker(lags, done))
+        if busy:
+            _cold(llm)
+            stream = await llm.achat([Message.user(PROMPT)], stream=True, max_new_tokens=tokens)
+            async for _ in stream:
+                pass
+        else:
+            await asyncio.sleep(2.0)
+        done.set()
+        await task
+        return lags
+
+    def summary(lags: list[float]) -> tuple[float, float, float]:
+        ordered = sorted(lags)
+        return (
+            statistics.median(ordered) * 1e3,
+            ordered[int(0.99 * (len(ordered) - 1))] * 1e3,
+            ordered[-1] * 1e3,
+        )
+
+    busy = summary(asyncio.run(measure(True)))
+    idle = summary(asyncio.run(measure(False)))
+    return {"busy": busy, "idle": idle}  # type: ignore[dict-item]
 
 
 def _engine_overhead_us(llm: LlamaCPP, prompt: str, tokens: int) -> float:
@@ -112,7 +290,8 @@ def bench_first_chunk(llm: LlamaCPP, repeats: int) -> dict[str, float]:
     # Each measurement starts from an empty KV cache, so both evaluate the whole prompt:
     # otherwise llama-cpp-python's prefix reuse makes the figure depend on what the
     # previous run left behind.
-    forget = llm.loaded_model.llama.reset
+    def forget() -> None:
+        _cold(llm)
 
     def sync_first() -> float:
         forget()
@@ -177,55 +356,134 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=["gemma", "tiny"], default="gemma")
-    parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--smoke", action="store_true", help="tiny model, few tokens, one repeat")
+    parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny model only, few tokens, one repeat"
+    )
     parser.add_argument("--write", action="store_true", help=f"write the report to {REPORT}")
     args = parser.parse_args()
+    models = ["tiny"] if args.smoke else ["gemma", "tiny"]
     if args.smoke:
-        args.model, args.tokens, args.repeats = "tiny", 16, 1
+        args.tokens, args.repeats = 160, 1
 
-    path, description = _model(args.model)
-    llm = LlamaCPP(model_path=str(path), formatter=FORMATTER, temperature=0.0, context_window=2048)
-    # Warm-up: first-call allocations, and the KV cache holding the prompt both paths reuse.
-    llm.complete(PROMPT, formatted=True, max_new_tokens=4)
-    generation = bench_generation(llm, args.tokens, args.repeats)
-    first_chunk = bench_first_chunk(llm, max(args.repeats, 3) * 3)
-    construction = bench_second_construction(llm, max(args.repeats, 3) * 5)
-
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Produced by `.venv/bin/python bench/bench_engine.py{' --write' if args.write else ''}` "
-        f"(model: {description}; {args.tokens} generated tokens, temperature 0, "
-        f"{args.repeats} interleaved repeats, medians).",
-        "",
-        *_environment(),
-        "",
-        "| measure | ours | reference | ratio | target |",
-        "| --- | --- | --- | --- | --- |",
-        f"| generation tokens/s: `LlamaCPP.complete` vs raw `Llama.create_completion` "
-        f"| {generation['ours_tps']:.1f} | {generation['raw_tps']:.1f} | {generation['ratio']:.3f} | >= 0.98 |",
-        f"| time to first chunk: `acomplete(stream=True)` vs `complete(stream=True)` "
-        f"| {first_chunk['async_ms']:.2f} ms | {first_chunk['sync_ms']:.2f} ms | {first_chunk['ratio']:.3f} | <= 1.2 |",
-        f"| second `LlamaCPP(...)` on an already-loaded model | {construction['ms']:.3f} ms | | | < 5 ms |",
-        f"| Python work `LlamaCPP.complete` adds per call (request + response) "
-        f"| {generation['overhead_us']:.0f} µs | | | |",
-        "",
-        "Ratios are medians of per-pair ratios (each pair runs back to back, alternating which goes",
-        "first). The engine's own per-call work is "
-        f"{100 * generation['overhead_us'] / (1e6 * args.tokens / generation['ours_tps']):.3f} % of "
-        "one generation here, so a ratio that strays from 1.0 by more than that is noise of the",
-        "shared machine; rerun to see its spread.",
-        "",
-    ]
-    report = "\n".join(lines)
+    results: dict[str, Any] = {}
+    for kind in models:
+        path, description = _model(kind)
+        llm = LlamaCPP(
+            model_path=str(path), formatter=FORMATTER, temperature=0.0, context_window=2048
+        )
+        llm.complete(PROMPT, formatted=True, max_new_tokens=4)  # warm-up: first-call allocations
+        print(f"[{kind}] generation", file=sys.stderr)
+        repeats = args.repeats if kind == "gemma" else args.repeats * 3
+        results[kind] = {
+            "description": description,
+            "generation": bench_generation(llm, args.tokens, repeats),
+            "per_token": bench_python_per_token(llm, args.tokens),
+        }
+        if kind == "gemma":
+            print("[gemma] chat turns", file=sys.stderr)
+            results["chat"] = bench_chat_turns(path, llm, 48)
+            print("[gemma] event-loop lag", file=sys.stderr)
+            results["lag"] = bench_event_loop_lag(llm, 256)
+            results["first_chunk"] = bench_first_chunk(llm, 9)
+            results["construction"] = bench_second_construction(llm, 15)
+            results["overhead_us"] = _engine_overhead_us(llm, PROMPT, 256)
+    report = _report(args, results)
     print(report)
     if args.write:
         REPORT.write_text(report)
         print(f"wrote {REPORT}", file=sys.stderr)
     return 0
+
+
+def _report(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    command = ".venv-bench/bin/python bench/bench_engine.py" + (
+        " --smoke" if args.smoke else " --write"
+    )
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` ({args.repeats} interleaved repeats on Gemma, "
+        f"{args.repeats * 3} on the tiny model, alternating order; greedy; medians of per-pair ratios).",
+        "",
+        *_environment(),
+        "",
+        f"## Generation: {args.tokens} tokens",
+        "",
+        "| model | ours tok/s | raw `create_completion` tok/s | bare loop tok/s "
+        "| ours / raw | target | ours / bare | target |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    targets = {"gemma": (">= 1.05", ">= 0.97"), "tiny": (">= 1.5", "")}
+    for kind in ("gemma", "tiny"):
+        if kind not in results:
+            continue
+        g = results[kind]["generation"]
+        lines.append(
+            f"| {results[kind]['description']} | {g['tps']['ours']:.1f} | {g['tps']['raw']:.1f} "
+            f"| {g['tps']['bare']:.1f} | **{g['vs_raw']:.3f}** | {targets[kind][0]} "
+            f"| **{g['vs_bare']:.3f}** | {targets[kind][1]} |"
+        )
+    lines += ["", "## Python time per generated token (µs, median)", ""]
+    for kind in ("gemma", "tiny"):
+        if kind not in results:
+            continue
+        p = results[kind]["per_token"]
+        low, high = p["late_range"]
+        lines += [
+            f"{results[kind]['description']}; native sampler call: {p['sampler_us']:.0f} µs (not counted).",
+            "",
+            f"| contender | tokens 1-128 | tokens {low}-{high} |",
+            "| --- | --- | --- |",
+        ]
+        labels = {
+            "ours": "`LlamaCPP.complete`",
+            "ours_stream": "`LlamaCPP.complete(stream=True)`",
+            "raw": "`create_completion`",
+            "raw_stream": "`create_completion(stream=True)`",
+            "bare": "bare low-level loop",
+        }
+        for name, label in labels.items():
+            early, late = p[name]
+            lines.append(f"| {label} | {early:.1f} | {late:.1f} |")
+        lines.append("")
+    if "chat" in results:
+        chat = results["chat"]
+        lines += ["## 10-turn chat on Gemma 3 270M: prompt evaluation", ""]
+        if isinstance(chat, str):
+            lines.append(chat)
+        else:
+            lines += [
+                f"| | ours | LlamaIndex `LlamaCPP` ({chat['peer_version']}) | ours / LlamaIndex |",
+                "| --- | --- | --- | --- |",
+                f"| prompt-evaluation time, all turns | {chat['ours_seconds']:.2f} s "
+                f"| {chat['peer_seconds']:.2f} s | **{chat['ours_seconds'] / chat['peer_seconds']:.3f}** |",
+                f"| prompt tokens evaluated, all turns | {chat['ours_tokens']} | {chat['peer_tokens']} "
+                f"| {chat['ours_tokens'] / chat['peer_tokens']:.3f} |",
+                "",
+                f"Tokens evaluated per turn, ours: {chat['ours_turns']}; LlamaIndex: {chat['peer_turns']}.",
+            ]
+        lines.append("")
+    if "lag" in results:
+        busy, idle = results["lag"]["busy"], results["lag"]["idle"]
+        fc, construction = results["first_chunk"], results["construction"]
+        lines += [
+            "## Async and per-call figures (Gemma 3 270M)",
+            "",
+            "| measure | ours | reference | ratio | target |",
+            "| --- | --- | --- | --- | --- |",
+            f"| event-loop lag of a 1 ms ticker during `achat(stream=True)`, p50 / p99 / max "
+            f"| {busy[0]:.2f} / **{busy[1]:.2f}** / {busy[2]:.2f} ms | idle loop: {idle[0]:.2f} / {idle[1]:.2f} / {idle[2]:.2f} ms "
+            f"| | p99 <= 5 ms |",
+            f"| time to first chunk: `acomplete(stream=True)` vs `complete(stream=True)` "
+            f"| {fc['async_ms']:.2f} ms | {fc['sync_ms']:.2f} ms | {fc['ratio']:.3f} | <= 1.2 |",
+            f"| second `LlamaCPP(...)` on an already-loaded model | {construction['ms']:.3f} ms | | | < 5 ms |",
+            f"| Python work `LlamaCPP.complete` adds per call (request + response) "
+            f"| {results['overhead_us']:.0f} µs | | | |",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def test_multibyte_characters_split_over_tokens_come_out_whole(tiny_llm: LlamaCP
     pieces = [tiny_llm.loaded_model.piece(t) for t in tokens]  # type: ignore[attr-defined]
     assert b"\xc3" in pieces, "the test needs é split over byte tokens"
     chunks = list(
-        tiny_llm.complete("x", stream=True, max_new_tokens=len(tokens), logits_processor=scripted(tokens))
+        tiny_llm.complete(
+            "x", stream=True, max_new_tokens=len(tokens), logits_processor=scripted(tokens)
+        )
     )
     deltas = [c.delta for c in chunks if c.delta]
     assert "".join(deltas) == " héllo wörld"
@@ -117,11 +119,15 @@ def test_held_back_text_is_released_when_an_end_of_turn_token_ends_generation(
 
 
 def test_length_finish_and_token_counts(tiny_llm: LlamaCPP) -> None:
-    response = tiny_llm.complete("Hello", max_new_tokens=3, logits_processor=scripted([], then=None))
+    response = tiny_llm.complete(
+        "Hello", max_new_tokens=3, logits_processor=scripted([], then=None)
+    )
     assert response.finish_reason is FinishReason.LENGTH
     assert response.usage is not None
     assert response.usage.completion_tokens == 3
-    assert response.usage.prompt_tokens == len(tiny_llm.tokenize(tiny_llm.format_completion("Hello")))
+    assert response.usage.prompt_tokens == len(
+        tiny_llm.tokenize(tiny_llm.format_completion("Hello"))
+    )
     assert response.raw["usage"] == {
         "prompt_tokens": response.usage.prompt_tokens,
         "completion_tokens": 3,
@@ -182,8 +188,10 @@ def _chat_turns(llm: LlamaCPP, questions: Sequence[str], **kwargs: Any) -> list[
     return responses
 
 
-QUESTIONS = [f"question {word} of the user" for word in ("one", "two", "three", "four", "five",
-                                                           "six", "seven", "eight", "nine", "ten")]
+QUESTIONS = [
+    f"question {word} of the user"
+    for word in ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+]
 
 
 @pytest.mark.parametrize("formatter", ["llama2", "llama3", "chatml", "gemma"])
@@ -196,7 +204,11 @@ def test_each_turn_evaluates_only_what_is_new(tiny_model_path: Path, formatter: 
         # everything the previous turn evaluated: its prompt and its answer's tokens (all
         # but the last one, which was sampled but never needed to be evaluated) ...
         evaluated_before = before.usage.prompt_tokens + before.usage.completion_tokens - 1
-        assert after.usage.cached_prompt_tokens >= evaluated_before, (formatter, before.usage, after.usage)
+        assert after.usage.cached_prompt_tokens >= evaluated_before, (
+            formatter,
+            before.usage,
+            after.usage,
+        )
         # ... so what is evaluated is about the size of the new question on its own (plus
         # the previous answer's last token and the template's end-of-turn markers)
         alone = llm.count_tokens(llm.format_messages([Message.user(question)]))
@@ -221,7 +233,10 @@ def test_generated_tokens_are_kept_even_where_retokenising_differs(tiny_llm: Lla
     # ... while matching token ids alone would have kept only the first prompt
     canonical = tiny_llm.tokenize(tiny_llm.format_messages(messages))
     prefix = tiny_llm.loaded_model.evaluated.tokens  # type: ignore[attr-defined]
-    assert canonical[: second.usage.cached_prompt_tokens] != prefix[: second.usage.cached_prompt_tokens]
+    assert (
+        canonical[: second.usage.cached_prompt_tokens]
+        != prefix[: second.usage.cached_prompt_tokens]
+    )
 
 
 def test_reused_cache_gives_the_answer_a_fresh_evaluation_gives(tiny_llm: LlamaCPP) -> None:
@@ -239,7 +254,9 @@ def test_reused_cache_gives_the_answer_a_fresh_evaluation_gives(tiny_llm: LlamaC
 def test_raw_calls_on_the_same_model_do_not_confuse_the_cache(tiny_llm: LlamaCPP) -> None:
     first = tiny_llm.complete("Hello there", max_new_tokens=4)
     llama = tiny_llm.loaded_model.llama  # type: ignore[attr-defined]
-    llama.create_completion(tiny_llm.tokenize("something else entirely"), max_tokens=4, temperature=0.0)
+    llama.create_completion(
+        tiny_llm.tokenize("something else entirely"), max_tokens=4, temperature=0.0
+    )
     again = tiny_llm.complete("Hello there", max_new_tokens=4)
     assert again.text == first.text
     assert again.usage is not None and again.usage.cached_prompt_tokens <= 1  # only BOS is shared
@@ -262,7 +279,8 @@ def test_logprobs_per_request_without_logits_all(tiny_model_path: Path, caplog: 
     assert all(lp <= 0 for lp in logprobs["token_logprobs"])
     # greedy: the chosen token is the most likely one
     assert all(
-        lp == pytest.approx(max(top.values())) for lp, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)
+        lp == pytest.approx(max(top.values()))
+        for lp, top in zip(logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True)
     )
     assert llm.complete("Hello", max_new_tokens=4).raw["choices"][0]["logprobs"] is None
 

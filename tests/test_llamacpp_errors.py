@@ -181,7 +181,9 @@ def test_backend_error_mid_call_releases_the_lock(tiny_llm: LlamaCPP) -> None:
 
 
 def test_unknown_generation_option_is_refused_before_generation(tiny_llm: LlamaCPP) -> None:
-    with pytest.raises(ConfigurationError, match=r"unknown generation option.*no_such_option.*top_k"):
+    with pytest.raises(
+        ConfigurationError, match=r"unknown generation option.*no_such_option.*top_k"
+    ):
         tiny_llm.complete("hi", no_such_option=1)
     with pytest.raises(ConfigurationError, match="echo"):
         tiny_llm.complete("hi", echo=True)

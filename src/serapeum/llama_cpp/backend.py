@@ -265,7 +265,9 @@ class LlamaCppModel:
             return self._llama.tokenize(text.encode(), add_bos=False, special=True)
         fixed = self._space_after_special.sub(r"\1", text)
         lead = self._newline_tokens
-        tokens: list[int] = self._llama.tokenize(("\n" + fixed).encode(), add_bos=False, special=True)
+        tokens: list[int] = self._llama.tokenize(
+            ("\n" + fixed).encode(), add_bos=False, special=True
+        )
         if tokens[: len(lead)] != lead:
             return None
         return tokens[len(lead) :]
@@ -324,9 +326,7 @@ class LlamaCppModel:
         self.evaluated.start(plan, request.prompt_text)
         self._sync_llama(cached)
 
-    def record_generation(
-        self, tokens: list[int], text: str, marks: list[tuple[int, int]]
-    ) -> None:
+    def record_generation(self, tokens: list[int], text: str, marks: list[tuple[int, int]]) -> None:
         """The generated tokens now in the KV cache, with the text marks they spell."""
         text = text[: marks[-1][0]] if marks else ""
         before = len(self.evaluated.tokens)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from serapeum.core.llms.types import FinishReason, Timing, Usage
@@ -82,7 +82,7 @@ class Generation:
         return raw
 
     # -- the loop ------------------------------------------------------------------------
-    def text(self) -> Iterator[str]:
+    def text(self) -> Generator[str, None, None]:
         """Generate, yielding non-empty pieces of text as soon as they are final."""
         import llama_cpp as lib
 
@@ -229,7 +229,7 @@ class Generation:
             shifted = logits.astype(np.float64) - float(logits.max())
             log_probs = shifted - np.log(np.exp(shifted).sum())
             top = settings.logprobs or 0
-            best = np.argpartition(-log_probs, top)[:top] if top else []
+            best: Any = np.argpartition(-log_probs, top)[:top] if top else []
             self.logprobs["tokens"].append(model.piece(token).decode("utf-8", "replace"))
             self.logprobs["text_offset"].append(text_offset)
             self.logprobs["token_logprobs"].append(float(log_probs[token]))

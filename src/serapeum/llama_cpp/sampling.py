@@ -156,7 +156,11 @@ def build_sampler(
     if temperature == 0.0:
         add(lib.llama_sampler_init_greedy())
     elif settings.mirostat_mode == 1:
-        add(lib.llama_sampler_init_mirostat(n_vocab, seed, settings.mirostat_tau, settings.mirostat_eta, 100))
+        add(
+            lib.llama_sampler_init_mirostat(
+                n_vocab, seed, settings.mirostat_tau, settings.mirostat_eta, 100
+            )
+        )
     elif settings.mirostat_mode == 2:
         add(lib.llama_sampler_init_mirostat_v2(seed, settings.mirostat_tau, settings.mirostat_eta))
     else:

@@ -7,7 +7,7 @@ The LlamaIndex comparison needs ``llama-index-llms-llama-cpp``, which the projec
 depend on; install it beside the project only for the benchmark:
 
     python3 -m venv .venv-bench
-    .venv-bench/bin/pip install -r requirements.txt llama-index-llms-llama-cpp
+    .venv-bench/bin/pip install -r requirements-dev.txt llama-index-llms-llama-cpp
     .venv-bench/bin/python bench/bench_engine.py --write
 
 Measures (same loaded model, runs interleaved and alternating order, medians):
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -379,8 +380,10 @@ def main() -> int:
         results[kind] = {
             "description": description,
             "generation": bench_generation(llm, args.tokens, repeats),
-            "per_token": bench_python_per_token(llm, args.tokens),
         }
+        print(json.dumps(results[kind]["generation"]), file=sys.stderr)
+        results[kind]["per_token"] = bench_python_per_token(llm, args.tokens)
+        print(json.dumps(results[kind]["per_token"]), file=sys.stderr)
         if kind == "gemma":
             print("[gemma] chat turns", file=sys.stderr)
             results["chat"] = bench_chat_turns(path, llm, 48)
@@ -390,6 +393,7 @@ def main() -> int:
             results["construction"] = bench_second_construction(llm, 15)
             results["overhead_us"] = _engine_overhead_us(llm, PROMPT, 256)
     report = _report(args, results)
+    print(json.dumps(results, default=str), file=sys.stderr)  # every figure, for the record
     print(report)
     if args.write:
         REPORT.write_text(report)

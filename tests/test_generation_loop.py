@@ -293,3 +293,16 @@ def test_same_text_as_raw_create_completion(tiny_llm: LlamaCPP) -> None:
     raw = llama.create_completion(prompt, max_tokens=40, temperature=0.0, stop=["the", "</s>"])
     assert ours.text == raw["choices"][0]["text"]
     assert ours.finish_reason == raw["choices"][0]["finish_reason"]
+
+
+def test_cancelled_before_the_first_token_gives_an_empty_cancelled_answer(tiny_llm: LlamaCPP) -> None:
+    cancel = CancelToken()
+    cancel.set()  # fires during prompt evaluation: llama.cpp's abort callback stops it
+    response = tiny_llm.complete("Hello", max_new_tokens=20, cancel=cancel)
+    assert response.text == ""
+    assert response.finish_reason is FinishReason.CANCELLED
+    assert response.usage is not None and response.usage.completion_tokens == 0
+    # the aborted prompt left nothing behind: the next call evaluates it from scratch
+    after = tiny_llm.complete("Hello", max_new_tokens=2)
+    assert after.usage is not None and after.usage.cached_prompt_tokens == 0
+    assert after.finish_reason is FinishReason.LENGTH

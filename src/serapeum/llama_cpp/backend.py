@@ -17,6 +17,7 @@ from typing import Any
 
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.llms.types import FinishReason
 from serapeum.core.plugins import (
     BackendChunk,
     BackendResult,
@@ -344,7 +345,10 @@ class LlamaCppModel:
     def complete(self, request: GenerationRequest) -> BackendResult:
         started = time.perf_counter()
         generation = Generation(self, request, started)
-        self.lock.acquire(request.cancel)
+        try:
+            self.lock.acquire(request.cancel)
+        except GenerationCancelled:  # cancelled while waiting for the model
+            return BackendResult(text="", raw=None, finish_reason=FinishReason.CANCELLED)
         try:
             text = "".join(generation.text())
         finally:
@@ -369,8 +373,6 @@ class LlamaCppModel:
             try:
                 for delta in pieces:
                     yield BackendChunk(delta=delta, raw=generation.raw_chunk(delta))
-            except GenerationCancelled:
-                return  # cancelled during the prompt: the consumer is gone, end quietly
             finally:
                 pieces.close()
         finally:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import GenerationRequest
+from serapeum.llama_cpp.errors import GenerationCancelled
 from serapeum.llama_cpp.evaluated_tokens import PromptPlan
 from serapeum.llama_cpp.sampling import SamplerSettings, build_sampler, sampler_settings
 from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
@@ -91,7 +92,20 @@ class Generation:
         ctx, vocab, n_ctx = llama.ctx, model.vocab, model.n_ctx
         plan = model.plan_prompt(request)
         prompt_started = time.perf_counter()
-        model.evaluate_prompt(plan, request)
+        try:
+            model.evaluate_prompt(plan, request)
+        except GenerationCancelled:
+            # Cancelled before the first token: an empty answer that says so.
+            now = time.perf_counter()
+            self.finish_reason = FinishReason.CANCELLED
+            self.usage = Usage(prompt_tokens=len(plan.tokens), completion_tokens=0)
+            self.timing = Timing(
+                time_to_first_token=now - self._started,
+                prompt_seconds=now - prompt_started,
+                generation_seconds=0.0,
+                tokens_per_second=0.0,
+            )
+            return
         prompt_done = time.perf_counter()
 
         sampler = build_sampler(

@@ -295,7 +295,9 @@ def test_same_text_as_raw_create_completion(tiny_llm: LlamaCPP) -> None:
     assert ours.finish_reason == raw["choices"][0]["finish_reason"]
 
 
-def test_cancelled_before_the_first_token_gives_an_empty_cancelled_answer(tiny_llm: LlamaCPP) -> None:
+def test_cancelled_before_the_first_token_gives_an_empty_cancelled_answer(
+    tiny_llm: LlamaCPP,
+) -> None:
     cancel = CancelToken()
     cancel.set()  # fires during prompt evaluation: llama.cpp's abort callback stops it
     response = tiny_llm.complete("Hello", max_new_tokens=20, cancel=cancel)

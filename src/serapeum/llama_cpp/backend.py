@@ -32,6 +32,7 @@ from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan
 from serapeum.llama_cpp.generation import DecodeError, Generation
 from serapeum.llama_cpp.model_lock import ModelLock
 from serapeum.llama_cpp.sampling import sampler_settings
+from serapeum.llama_cpp.structured import JsonConstraints
 
 BACKEND_NAME = "llama-cpp"
 logger = logging.getLogger("serapeum.llama_cpp")
@@ -182,6 +183,7 @@ class LlamaCppModel:
         )
         self.pieces: dict[int, bytes] = {}
         self.evaluated = EvaluatedTokens()
+        self.constraints = JsonConstraints(self._vocab, self._n_vocab)
         self.lock = ModelLock(str(path))
 
     @property
@@ -250,9 +252,17 @@ class LlamaCppModel:
             return seed
         return self._seeds.randint(0, 2**32 - 1)
 
+    supports_json_schema = True
+
     def check_options(self, request: GenerationRequest) -> None:
-        """Raise ``ConfigurationError`` for options this backend does not understand."""
-        sampler_settings(request.temperature, request.options)
+        """Raise ``ConfigurationError`` for options this backend cannot follow, before generation.
+
+        A JSON Schema is compiled here (once per schema and model), so an invalid or
+        unsatisfiable one fails now and the first constrained request pays no set-up.
+        """
+        settings = sampler_settings(request.temperature, request.options)
+        if settings.json_schema is not None:
+            self.constraints.check(settings.json_schema)
 
     def tokenize_continuation(self, text: str) -> list[int] | None:
         """Tokens of ``text`` as it continues a prompt, or None where that is not certain.

@@ -19,6 +19,7 @@ from serapeum.core.plugins import GenerationRequest
 from serapeum.llama_cpp.errors import GenerationCancelled
 from serapeum.llama_cpp.evaluated_tokens import PromptPlan
 from serapeum.llama_cpp.sampling import SamplerSettings, build_sampler, sampler_settings
+from serapeum.llama_cpp.structured import IncompleteJSONError
 from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ class Generation:
         self.usage: Usage | None = None
         self.timing: Timing | None = None
         self.logprobs: dict[str, list[Any]] | None = None
+        self._matcher: Any = None
+        self._mask: Any = None
+        self._last_logits: Any = None
         self.id = f"cmpl-{uuid.uuid4()}"
         self.created = int(time.time())
 
@@ -124,10 +128,16 @@ class Generation:
         stops = StopScanner(request.stop)
         scanning = stops.active
         cancel = request.cancel
+        self._matcher = (
+            model.constraints.matcher(settings.json_schema)
+            if settings.json_schema is not None
+            else None
+        )
         inspect = (
             settings.logprobs is not None
             or settings.logits_processor is not None
             or settings.stopping_criteria is not None
+            or self._matcher is not None
         )
         if inspect:
             self.logprobs = (
@@ -208,6 +218,14 @@ class Generation:
                 [mark for mark in marks if mark[1] <= evaluated],
             )
         n_generated = len(generated)
+        matcher = self._matcher
+        if finish is FinishReason.LENGTH and matcher is not None and not matcher.is_accepting():
+            raise IncompleteJSONError(
+                f"generation stopped after {n_generated} tokens (max_new_tokens="
+                f"{request.max_tokens}, or the context window) before the JSON value was "
+                "complete; raise max_new_tokens",
+                text="".join(raw_parts),
+            )
         self.finish_reason = finish
         self.usage = Usage(
             prompt_tokens=len(plan.tokens),
@@ -239,6 +257,14 @@ class Generation:
             input_ids = np.array(plan.tokens + generated, dtype=np.intc)
             logits[:] = settings.logits_processor(input_ids, logits)
         token = int(lib.llama_sampler_sample(sampler, ctx, -1))
+        matcher = self._matcher
+        if matcher is not None:
+            if not matcher.validate_tokens([token]):
+                # The model's pick breaks the schema: mask what the grammar forbids, pick again.
+                self._mask_forbidden(matcher, logits)
+                token = int(lib.llama_sampler_sample(sampler, ctx, -1))
+            if not matcher.consume_token(token):  # pragma: no cover - the mask allowed it
+                raise RuntimeError(f"the JSON grammar refused token {token}: {matcher.get_error()}")
         if self.logprobs is not None:
             shifted = logits.astype(np.float64) - float(logits.max())
             log_probs = shifted - np.log(np.exp(shifted).sum())
@@ -250,10 +276,23 @@ class Generation:
             self.logprobs["top_logprobs"].append(
                 {model.piece(int(t)).decode("utf-8", "replace"): float(log_probs[t]) for t in best}
             )
-        self._last_logits: Any = logits
+        self._last_logits = logits
         return token
 
+    def _mask_forbidden(self, matcher: Any, logits: Any) -> None:
+        import numpy as np
+
+        n_vocab = self._model.n_vocab
+        if self._mask is None:
+            self._mask = np.zeros(((n_vocab + 31) // 32,), dtype=np.int32)
+        mask = self._mask
+        matcher.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        allowed = np.unpackbits(mask.view(np.uint8), bitorder="little", count=n_vocab)
+        np.copyto(logits, -np.inf, where=allowed == 0)
+
     def _stop_requested(self, generated: list[int], plan: PromptPlan) -> bool:
+        if self._matcher is not None and self._matcher.is_stopped():
+            return True  # the JSON value is complete: nothing else may follow
         criteria = self.settings.stopping_criteria
         if criteria is None:
             return False

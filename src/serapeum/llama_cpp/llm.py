@@ -254,6 +254,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         return self._formatter_reason
 
     @property
+    def supports_json_schema(self) -> bool:
+        """Whether ``complete(..., json_schema=...)`` constrains decoding (the backend can)."""
+        return bool(getattr(self._model, "supports_json_schema", False))
+
+    @property
     def loaded_model(self) -> LoadedModel:
         """The shared loaded model (advanced use: benchmarks, diagnostics)."""
         return self._model

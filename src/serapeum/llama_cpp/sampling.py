@@ -14,6 +14,7 @@ from typing import Any
 from attrs import field, frozen
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.llama_cpp.structured import schema_from_options
 
 __all__ = ["SUPPORTED_OPTIONS", "SamplerSettings", "build_sampler", "sampler_settings"]
 
@@ -37,6 +38,8 @@ _OTHER_OPTIONS = (
     "logprobs",
     "logits_processor",
     "stopping_criteria",
+    "json_schema",
+    "response_format",
     # Accepted for create_completion compatibility; they change nothing here.
     "tfs_z",
     "penalize_nl",
@@ -75,6 +78,7 @@ class SamplerSettings:
     logprobs: int | None = None
     logits_processor: Callable[..., Any] | None = None
     stopping_criteria: Callable[..., Any] | None = None
+    json_schema: dict[str, Any] | None = None  # constrain the answer to JSON matching it
 
 
 def sampler_settings(temperature: float, options: Mapping[str, Any]) -> SamplerSettings:
@@ -115,6 +119,7 @@ def sampler_settings(temperature: float, options: Mapping[str, Any]) -> SamplerS
         logprobs=logprobs,
         logits_processor=options.get("logits_processor"),
         stopping_criteria=options.get("stopping_criteria"),
+        json_schema=schema_from_options(options),
         **values,
     )
 

@@ -2,44 +2,133 @@
 
 from __future__ import annotations
 
+import string
+from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from attrs import define, field
 
+from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.base import BaseLLM
 from serapeum.core.llms.types import ChatResponse, CompletionResponse, Message, MessageRole
 from serapeum.core.output_parsers.base import BaseOutputParser
 
+__all__ = ["TextCompletionLLM", "parser_for"]
+
 T = TypeVar("T")
+
+
+def parser_for(output_cls: type[Any]) -> BaseOutputParser[Any]:
+    """The parser for a pydantic model class or an attrs class."""
+    import attrs
+
+    if attrs.has(output_cls):
+        from serapeum.core.output_parsers.attrs_parser import AttrsParser
+
+        return AttrsParser(output_cls)
+    try:
+        from pydantic import BaseModel
+    except ImportError:  # pragma: no cover - depends on the environment
+        BaseModel = None  # type: ignore[assignment,misc]
+    if BaseModel is not None and isinstance(output_cls, type) and issubclass(output_cls, BaseModel):
+        from serapeum.core.output_parsers.pydantic_parser import PydanticParser
+
+        return PydanticParser(output_cls)
+    raise ConfigurationError(
+        f"output_cls must be a pydantic model class or an attrs class, got {output_cls!r}"
+    )
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError as exc:
+        raise ConfigurationError(f"prompt is not a valid str.format template: {exc}") from exc
 
 
 @define
 class TextCompletionLLM(Generic[T]):
-    """Format ``prompt`` with the call's keywords, ask ``llm``, parse with ``output_parser``."""
+    """Format ``prompt`` with the call's keywords, ask ``llm``, parse into the output class.
 
-    output_parser: BaseOutputParser[T]
+    Give ``output_parser`` or ``output_cls`` (a pydantic model or attrs class, whose parser is
+    then chosen for you). When the LLM can constrain decoding to a JSON Schema
+    (``supports_json_schema``) the parser's schema is passed along, so the answer parses by
+    construction; ``constrained=False`` only asks nicely (the format instructions).
+    """
+
     prompt: str
-    llm: BaseLLM = field(kw_only=True)
+    output_parser: BaseOutputParser[T] | None = None
+    output_cls: type[T] | None = None
+    llm: BaseLLM | None = None
+    constrained: bool = field(default=True, kw_only=True)
+    _parser: BaseOutputParser[T] = field(init=False, repr=False)
 
-    def _prompt_text(self, kwargs: dict[str, Any]) -> str:
-        return self.output_parser.format(self.prompt.format(**kwargs))
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise ConfigurationError(f"prompt must be a str template, got {self.prompt!r}")
+        _template_fields(self.prompt)
+        if self.llm is None:
+            raise ConfigurationError("TextCompletionLLM needs an LLM: pass llm=LlamaCPP(...)")
+        if self.output_parser is None and self.output_cls is None:
+            raise ConfigurationError("give output_parser= or output_cls= (the class to return)")
+        if self.output_parser is None:
+            assert self.output_cls is not None
+            self._parser = parser_for(self.output_cls)
+            return
+        parsed_cls = getattr(self.output_parser, "output_cls", None)
+        if (
+            self.output_cls is not None
+            and parsed_cls is not None
+            and parsed_cls is not self.output_cls
+        ):
+            raise ConfigurationError(
+                f"output_cls {self.output_cls.__name__} differs from the parser's "
+                f"{parsed_cls.__name__}; give one of them"
+            )
+        self._parser = self.output_parser
 
-    def __call__(self, **kwargs: Any) -> T:
-        text = self._prompt_text(kwargs)
-        if self.llm.metadata.is_chat_model:
-            chat = self.llm.chat([Message(role=MessageRole.USER, content=text)])
+    @property
+    def parser(self) -> BaseOutputParser[T]:
+        return self._parser
+
+    def _prompt_text(self, values: Mapping[str, Any]) -> str:
+        missing = sorted(_template_fields(self.prompt) - set(values))
+        if missing:
+            raise ConfigurationError(
+                f"the prompt template needs {', '.join(missing)}: call with "
+                + ", ".join(f"{name}=..." for name in missing)
+            )
+        return self._parser.format(self.prompt.format(**values))
+
+    def _llm_kwargs(self, llm: BaseLLM, llm_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        kwargs = dict(llm_kwargs or {})
+        schema = self._parser.json_schema
+        if self.constrained and schema is not None and getattr(llm, "supports_json_schema", False):
+            kwargs.setdefault("json_schema", schema)
+        return kwargs
+
+    def __call__(self, llm_kwargs: Mapping[str, Any] | None = None, **values: Any) -> T:
+        llm = self.llm
+        assert llm is not None
+        text = self._prompt_text(values)
+        kwargs = self._llm_kwargs(llm, llm_kwargs)
+        if llm.metadata.is_chat_model:
+            chat = llm.chat([Message(role=MessageRole.USER, content=text)], **kwargs)
             assert isinstance(chat, ChatResponse)
-            return self.output_parser.parse(chat.message.content)
-        completion = self.llm.complete(text)
+            return self._parser.parse(chat.message.content)
+        completion = llm.complete(text, **kwargs)
         assert isinstance(completion, CompletionResponse)
-        return self.output_parser.parse(completion.text)
+        return self._parser.parse(completion.text)
 
-    async def acall(self, **kwargs: Any) -> T:
-        text = self._prompt_text(kwargs)
-        if self.llm.metadata.is_chat_model:
-            chat = await self.llm.achat([Message(role=MessageRole.USER, content=text)])
+    async def acall(self, llm_kwargs: Mapping[str, Any] | None = None, **values: Any) -> T:
+        llm = self.llm
+        assert llm is not None
+        text = self._prompt_text(values)
+        kwargs = self._llm_kwargs(llm, llm_kwargs)
+        if llm.metadata.is_chat_model:
+            chat = await llm.achat([Message(role=MessageRole.USER, content=text)], **kwargs)
             assert isinstance(chat, ChatResponse)
-            return self.output_parser.parse(chat.message.content)
-        completion = await self.llm.acomplete(text)
+            return self._parser.parse(chat.message.content)
+        completion = await llm.acomplete(text, **kwargs)
         assert isinstance(completion, CompletionResponse)
-        return self.output_parser.parse(completion.text)
+        return self._parser.parse(completion.text)

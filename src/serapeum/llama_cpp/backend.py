@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import random
 import re
 import time
@@ -182,6 +183,8 @@ class LlamaCppModel:
             else []
         )
         self.pieces: dict[int, bytes] = {}
+        self._logits_address: int | None = None
+        self._logits_view: Any = None
         self.evaluated = EvaluatedTokens()
         self.constraints = JsonConstraints(self._vocab, self._n_vocab)
         self.lock = ModelLock(str(path))
@@ -245,6 +248,22 @@ class LlamaCppModel:
         piece = buffer.raw[:written]
         self.pieces[token] = piece
         return piece
+
+    def last_logits(self) -> Any:
+        """The logits of the last evaluated position, as a numpy view (no copy).
+
+        The view is rebuilt only when llama.cpp moves its output buffer.
+        """
+        import numpy as np
+
+        import llama_cpp as lib
+
+        pointer = lib.llama_get_logits_ith(self._llama.ctx, -1)
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        if address != self._logits_address:
+            self._logits_view = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+            self._logits_address = address
+        return self._logits_view
 
     def next_seed(self, seed: int | None) -> int:
         """The request's seed, else the next of a sequence started from the model's seed."""
@@ -396,6 +415,14 @@ class LlamaCppModel:
         )
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the whole machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS and Windows
+        return os.cpu_count() or 1
+
+
 def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     """Load ``path`` with ``llama_cpp.Llama(**options)``."""
     from llama_cpp import Llama
@@ -407,6 +434,10 @@ def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
             "holds n_ctx x vocabulary floats; ask for logprobs per request instead "
             "(complete(..., logprobs=5))"
         )
+    # llama-cpp-python generates with half the CPUs by default; on small machines that
+    # leaves a core idle (Gemma 3 270M on 2 cores: 41 ms a token with 1 thread, 24 with 2).
+    options.setdefault("n_threads", usable_cpus())
+    options.setdefault("n_threads_batch", usable_cpus())
     native_log.install()
     try:
         llama = Llama(model_path=str(path), **options)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["DecodeError", "Generation"]
 
 
+# Below this vocabulary size llama.cpp's greedy sampler is as fast as numpy's argmax.
+ARGMAX_MIN_VOCAB = 8192
+
+
 class DecodeError(RuntimeError):
     """llama.cpp could not evaluate a batch."""
 
@@ -59,6 +63,7 @@ class Generation:
         self.logprobs: dict[str, list[Any]] | None = None
         self._matcher: Any = None
         self._mask: Any = None
+        self._argmax = self.settings.plain_greedy and model.n_vocab >= ARGMAX_MIN_VOCAB
         self._last_logits: Any = None
         self.id = f"cmpl-{uuid.uuid4()}"
         self.created = int(time.time())
@@ -146,6 +151,9 @@ class Generation:
                 else None
             )
 
+        # Greedy over a large vocabulary: numpy's argmax of the logits (tens of µs) instead
+        # of llama.cpp's sampler, which first copies all of them into candidates (hundreds).
+        argmax_of = model.last_logits if self._argmax else None
         generated: list[int] = []
         raw_parts: list[str] = []
         marks: list[tuple[int, int]] = []
@@ -167,6 +175,8 @@ class Generation:
                     evaluated += 1
                 if inspect:
                     token = self._sample_inspected(sampler, generated, plan, raw_chars)
+                elif argmax_of is not None:
+                    token = int(argmax_of().argmax())
                 else:
                     token = sample(sampler, ctx, -1)
                 if not index:
@@ -252,17 +262,23 @@ class Generation:
 
         model, settings = self._model, self.settings
         ctx = model.llama.ctx
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, -1), shape=(model.n_vocab,))
+        logits = model.last_logits()
         if settings.logits_processor is not None:
             input_ids = np.array(plan.tokens + generated, dtype=np.intc)
             logits[:] = settings.logits_processor(input_ids, logits)
-        token = int(lib.llama_sampler_sample(sampler, ctx, -1))
+
+        def pick() -> int:
+            if self._argmax:
+                return int(logits.argmax())
+            return int(lib.llama_sampler_sample(sampler, ctx, -1))
+
+        token = pick()
         matcher = self._matcher
         if matcher is not None:
             if not matcher.validate_tokens([token]):
                 # The model's pick breaks the schema: mask what the grammar forbids, pick again.
                 self._mask_forbidden(matcher, logits)
-                token = int(lib.llama_sampler_sample(sampler, ctx, -1))
+                token = pick()
             if not matcher.consume_token(token):  # pragma: no cover - the mask allowed it
                 raise RuntimeError(f"the JSON grammar refused token {token}: {matcher.get_error()}")
         if self.logprobs is not None:

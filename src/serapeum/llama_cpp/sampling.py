@@ -80,6 +80,18 @@ class SamplerSettings:
     stopping_criteria: Callable[..., Any] | None = None
     json_schema: dict[str, Any] | None = None  # constrain the answer to JSON matching it
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing that reshapes the logits: the pick is just their argmax."""
+        return (
+            self.temperature == 0.0
+            and self.repeat_penalty == 1.0
+            and self.frequency_penalty == 0.0
+            and self.presence_penalty == 0.0
+            and not self.logit_bias
+            and self.grammar is None
+        )
+
 
 def sampler_settings(temperature: float, options: Mapping[str, Any]) -> SamplerSettings:
     """Checked settings from a request's options; unknown names are a configuration error."""

@@ -109,6 +109,11 @@ class _SchemaBuilder:
         description = field.metadata.get("description")
         if isinstance(description, str) and description:
             schema["description"] = description
+        # Extra keywords, e.g. ``attrs.field(metadata={"json_schema": {"maxItems": 3}})``:
+        # bounds a small model needs (constrained decoding enforces them; parsing does not).
+        extra = field.metadata.get("json_schema")
+        if isinstance(extra, abc.Mapping):
+            schema.update(extra)
         if field.default is not attrs.NOTHING and not isinstance(field.default, _FACTORY):
             default = _plain_json(field.default)
             if default is not _NOT_JSON:

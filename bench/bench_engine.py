@@ -175,7 +175,9 @@ def bench_python_per_token(llm: LlamaCPP, tokens: int) -> dict[str, Any]:
             statistics.median(gaps[early]) * 1e6,
             statistics.median(gaps[late]) * 1e6 if len(gaps) > late.start else float("nan"),
         )
-        sampler_us = probe.native_sampler_seconds() * 1e6
+        sampled = probe.native_sampler_seconds()
+        if sampled is not None:
+            sampler_us = sampled * 1e6
     figures["sampler_us"] = sampler_us
     figures["late_range"] = (late.start + 2, late.stop + 1)
     return figures

@@ -17,7 +17,7 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as low_level
 
-DECODE, SAMPLE = 0, 1
+DECODE, SAMPLE, LOGITS = 0, 1, 2
 
 
 class NativeProbe:
@@ -27,6 +27,7 @@ class NativeProbe:
 
     def __enter__(self) -> NativeProbe:
         decode, sample = low_level.llama_decode, low_level.llama_sampler_sample
+        logits = low_level.llama_get_logits_ith
         events, clock = self.events, time.perf_counter
 
         def timed_decode(ctx: Any, batch: Any) -> int:
@@ -41,11 +42,19 @@ class NativeProbe:
             events.append((SAMPLE, start, clock(), 0))
             return token
 
+        def timed_logits(ctx: Any, index: int) -> Any:
+            start = clock()
+            pointer = logits(ctx, index)
+            events.append((LOGITS, start, clock(), 0))
+            return pointer
+
+        wrappers = (
+            ("llama_decode", timed_decode),
+            ("llama_sampler_sample", timed_sample),
+            ("llama_get_logits_ith", timed_logits),
+        )
         for module in (llama_cpp, low_level):
-            for name, wrapper in (
-                ("llama_decode", timed_decode),
-                ("llama_sampler_sample", timed_sample),
-            ):
+            for name, wrapper in wrappers:
                 self._saved.append((module, name, getattr(module, name)))
                 setattr(module, name, wrapper)
         return self
@@ -60,31 +69,39 @@ class NativeProbe:
             setattr(module, name, original)
         self._saved.clear()
 
-    def python_per_token(self) -> list[float]:
-        """Seconds of non-native work between consecutive one-token decodes."""
-        gaps: list[float] = []
+    def per_token(self) -> list[tuple[float, float]]:
+        """Per generated token: (Python seconds, seconds besides ``llama_decode``).
+
+        Both run from the end of one one-token decode to the start of the next; the first
+        excludes llama.cpp's sampler calls, the second includes them (everything a loop
+        spends per token besides evaluating the model).
+        """
+        gaps: list[tuple[float, float]] = []
         previous_end: float | None = None
         sampled = 0.0
         for kind, start, end, n_tokens in self.events:
             if kind == SAMPLE:
                 sampled += end - start
                 continue
+            if kind == LOGITS:
+                continue
             if n_tokens == 1 and previous_end is not None:
-                gaps.append(start - previous_end - sampled)
+                gap = start - previous_end
+                gaps.append((gap - sampled, gap))
             previous_end, sampled = end, 0.0
         return gaps
 
-    def native_sampler_seconds(self) -> float:
-        return statistics.median(
-            end - start for kind, start, end, _ in self.events if kind == SAMPLE
-        )
+    def native_sampler_seconds(self) -> float | None:
+        """Median duration of llama.cpp's sampler calls (None when none was made)."""
+        samples = [end - start for kind, start, end, _ in self.events if kind == SAMPLE]
+        return statistics.median(samples) if samples else None
 
     def prompt_seconds_per_call(self) -> list[tuple[float, int]]:
         """Per generation: the time and tokens of the decodes that ran before its first sample."""
         calls: list[tuple[float, int]] = []
         seconds, tokens, sampling = 0.0, 0, False
         for kind, start, end, n_tokens in self.events:
-            if kind == SAMPLE:
+            if kind in (SAMPLE, LOGITS):  # a token is being picked: the prompt is done
                 if not sampling:
                     calls.append((seconds, tokens))
                     seconds, tokens = 0.0, 0

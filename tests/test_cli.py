@@ -182,6 +182,21 @@ def test_json_schema_constrains_the_answer(tiny_model_path: Path, tmp_path: Path
     broken.write_text("{not json")
     bad = _cli("complete", "-m", str(tiny_model_path), "--json-schema", str(broken), "hi")
     assert bad.returncode == 2 and "--json-schema" in bad.stderr
+    impossible = tmp_path / "impossible.json"
+    impossible.write_text(json.dumps({"type": "integer", "minimum": 5, "maximum": 3}))
+    refused = _cli(
+        "complete",
+        "-m",
+        str(tiny_model_path),
+        "--formatter",
+        "llama2",
+        "--json-schema",
+        str(impossible),
+        "hi",
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "--json-schema" in refused.stderr and "unsatisfiable" in refused.stderr.lower()
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.e2e

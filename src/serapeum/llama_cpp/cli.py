@@ -27,6 +27,7 @@ from serapeum.core.plugins import ModelRequest, get_plugin_host
 from serapeum.llama_cpp.cache_dir import cache_dir
 from serapeum.llama_cpp.gguf_file import require_gguf
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
+from serapeum.llama_cpp.structured import SchemaError
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 DEFAULT_ALIAS = "gemma3-270m"
@@ -113,18 +114,10 @@ def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.json_schema is None:
         return {}
     try:
-        schema = Path(args.json_schema).read_text()
-        json.loads(schema)
+        schema = json.loads(Path(args.json_schema).read_text())
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"--json-schema {args.json_schema}: {exc}") from exc
-    from llama_cpp import LlamaGrammar
-
-    try:
-        return {"grammar": LlamaGrammar.from_json_schema(schema, verbose=args.debug)}
-    except Exception as exc:
-        raise ConfigurationError(
-            f"--json-schema {args.json_schema}: llama.cpp cannot turn this schema into a grammar: {exc}"
-        ) from exc
+    return {"json_schema": schema}
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -133,7 +126,11 @@ def _complete(args: argparse.Namespace) -> int:
         raise ConfigurationError("give a PROMPT, or pipe one on standard input")
     options = _generation_options(args)
     llm = _llm(args)
-    _stream(llm.complete(prompt, formatted=args.raw, stream=True, **options))
+    try:
+        chunks = llm.complete(prompt, formatted=args.raw, stream=True, **options)
+    except SchemaError as exc:
+        raise SchemaError(f"--json-schema {args.json_schema}: {exc}") from exc
+    _stream(chunks)
     return 0
 
 

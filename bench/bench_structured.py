@@ -264,7 +264,12 @@ def main() -> int:
 
         path = build_tiny_gguf(Path(tempfile.mkdtemp()) / "tiny.gguf")
         llm = LlamaCPP(model_path=str(path), formatter="llama2", temperature=0.0, max_new_tokens=64)
-        bounded = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+        bounded = {
+            "type": "object",
+            "properties": {"ok": {"type": "boolean"}},
+            "required": ["ok"],
+            "additionalProperties": False,
+        }
         print(json.loads(llm.complete("x", json_schema=bounded).text))
         return 0
     llm = LlamaCPP(

@@ -308,3 +308,42 @@ def test_cancelled_before_the_first_token_gives_an_empty_cancelled_answer(
     after = tiny_llm.complete("Hello", max_new_tokens=2)
     assert after.usage is not None and after.usage.cached_prompt_tokens == 0
     assert after.finish_reason is FinishReason.LENGTH
+
+
+def test_a_callers_cancel_token_reaches_async_calls_and_is_unlinked_after(
+    tiny_llm: LlamaCPP,
+) -> None:
+    cancel = CancelToken()
+
+    async def run() -> list[Any]:
+        results = [
+            await tiny_llm.acomplete("Hi", max_new_tokens=2, cancel=cancel) for _ in range(3)
+        ]
+        async for chunk in await tiny_llm.acomplete(
+            "Hi", stream=True, max_new_tokens=2, cancel=cancel
+        ):
+            results.append(chunk)
+        return results
+
+    results = asyncio.run(run())
+    assert results[0].finish_reason is FinishReason.LENGTH
+    assert cancel._callbacks == {}  # no link left behind per call
+
+    async def cancelled_stream() -> Any:
+        seen = 0
+
+        def cancel_after_two(_ids: Any, logits: Any) -> Any:
+            nonlocal seen
+            seen += 1
+            if seen == 2:
+                cancel.set()
+            return logits
+
+        stream = await tiny_llm.acomplete(
+            "Hi", stream=True, max_new_tokens=50, cancel=cancel, logits_processor=cancel_after_two
+        )
+        return [chunk async for chunk in stream][-1]
+
+    last = asyncio.run(cancelled_stream())
+    assert last.finish_reason is FinishReason.CANCELLED
+    assert last.usage is not None and last.usage.completion_tokens == 2

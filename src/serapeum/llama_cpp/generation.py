@@ -192,7 +192,8 @@ class Generation:
                 if text:
                     raw_parts.append(text)
                     raw_chars += len(text)
-                    if marking and not utf8.pending:
+                    # an ASCII last byte cannot leave a character unfinished
+                    if marking and (piece[-1] < 0x80 or not utf8.pending):
                         marks.append((raw_chars, len(generated)))
                     if scanning:
                         text, stopped_by_sequence = stops.push(text)

@@ -6,6 +6,7 @@ import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -120,11 +121,24 @@ def _chunk_response(text: str, chunk: BackendChunk) -> CompletionResponse:
     )
 
 
-def _linked(request: GenerationRequest, cancel: CancelToken) -> GenerationRequest:
-    """The request with the async machinery's token, also set by the caller's own token."""
-    if request.cancel is not None:
-        request.cancel.on_set(cancel.set)
-    return evolve(request, cancel=cancel)
+@contextmanager
+def _linked(request: GenerationRequest, cancel: CancelToken) -> Iterator[GenerationRequest]:
+    """The request with a token that the async machinery's and the caller's tokens both set.
+
+    The two stay distinct: the machinery's means "the consumer is gone", the caller's means
+    "stop and say so" (the answer so far still arrives, marked CANCELLED). The links are
+    undone when the call ends, so a long-lived caller token collects no callbacks.
+    """
+    if request.cancel is None:
+        yield evolve(request, cancel=cancel)
+        return
+    either = CancelToken()
+    undo_ours, undo_callers = cancel.on_set(either.set), request.cancel.on_set(either.set)
+    try:
+        yield evolve(request, cancel=either)
+    finally:
+        undo_ours()
+        undo_callers()
 
 
 @define(kw_only=True, eq=False)
@@ -360,6 +374,18 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             return self._stream(request)
         return self._complete(request)
 
+    def _complete_linked(
+        self, request: GenerationRequest, cancel: CancelToken
+    ) -> CompletionResponse:
+        with _linked(request, cancel) as linked:
+            return self._complete(linked)
+
+    def _stream_linked(
+        self, request: GenerationRequest, cancel: CancelToken
+    ) -> Iterator[BackendChunk]:
+        with _linked(request, cancel) as linked:
+            yield from self._model.stream(linked)
+
     def _complete(self, request: GenerationRequest) -> CompletionResponse:
         result = self._model.complete(request)
         return CompletionResponse(
@@ -406,7 +432,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if stream:
             return self._astream(request, reentry.new_stream(self._model))
         return await run_in_thread(
-            lambda cancel: self._complete(_linked(request, cancel)),
+            lambda cancel: self._complete_linked(request, cancel),
             worker=_worker_for(self._model),
         )
 
@@ -415,7 +441,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     ) -> AsyncIterator[CompletionResponse]:
         reentry.stream_started(marker, self._model)  # refuses a stream that would deadlock
         chunks = iterate_in_thread(
-            lambda cancel: self._model.stream(_linked(request, cancel)),
+            lambda cancel: self._stream_linked(request, cancel),
             worker=_worker_for(self._model),
         )
         text = ""

@@ -133,6 +133,14 @@ class JsonConstraints:
 
     def matcher(self, schema: Mapping[str, Any]) -> Any:
         """A fresh matcher for ``schema``; the schema is compiled once and checked first."""
+        return self._template(schema).deep_copy()
+
+    def check(self, schema: Mapping[str, Any]) -> None:
+        """Raise ``SchemaError`` now, before generation, if the schema cannot be used."""
+        self._template(schema)
+
+    def _template(self, schema: Mapping[str, Any]) -> Any:
+        """The compiled matcher for ``schema`` (compiled on first use, then cached)."""
         key = canonical(schema)
         with self._lock:
             template = self._compiled.get(key)
@@ -143,11 +151,7 @@ class JsonConstraints:
                     self._compiled.popitem(last=False)
             else:
                 self._compiled.move_to_end(key)
-        return template.deep_copy()
-
-    def check(self, schema: Mapping[str, Any]) -> None:
-        """Raise ``SchemaError`` now, before generation, if the schema cannot be used."""
-        self.matcher(schema)
+        return template
 
     def _compile(self, schema: Mapping[str, Any]) -> Any:
         llguidance = self._llguidance()

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.errors import ConfigurationError, MalformedGGUFError
 from serapeum.core.plugins import PluginHost, SourceNotInstalledError, UnknownPluginError
 from serapeum.llama_cpp import (
     ContextWindowExceededError,
     LlamaCPP,
     MissingFormatterError,
-    ModelLoadError,
     NotGGUFError,
 )
 
@@ -61,11 +60,12 @@ def test_not_gguf(tmp_path: Path, content: bytes, reason: str) -> None:
         LlamaCPP(model_path=str(path), formatter="llama2")
 
 
-def test_truncated_gguf_is_a_load_error(tmp_path: Path, tiny_model_path: Path) -> None:
+def test_truncated_gguf_is_refused_before_llama_cpp(tmp_path: Path, tiny_model_path: Path) -> None:
     path = tmp_path / "truncated.gguf"
     path.write_bytes(tiny_model_path.read_bytes()[:5000])
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(MalformedGGUFError, match="download it again") as caught:
         LlamaCPP(model_path=str(path), formatter="llama2")
+    assert isinstance(caught.value, NotGGUFError)
 
 
 def test_missing_formatters_lists_the_installed_ones(tiny_model_path: Path) -> None:

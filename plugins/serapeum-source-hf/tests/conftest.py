@@ -38,6 +38,7 @@ class FakeRepo:
     refs: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     gated: bool = False
+    lfs: bool = True  # False: files are plain git blobs, their ETag a git SHA-1, not a SHA-256
 
     def add_commit(self, label: str, files: dict[str, bytes], *refs: str) -> str:
         commit = commit_id(label)
@@ -179,12 +180,15 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     **{"X-Repo-Commit": commit},
                 )
                 return
-            etag = hashlib.sha256(content).hexdigest()
-            headers = {
+            if repo.lfs:
+                etag = hashlib.sha256(content).hexdigest()
+                headers = {"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(content))}
+            else:  # git's blob id, as the Hub sends for files not stored in LFS
+                etag = hashlib.sha1(b"blob %d\x00" % len(content) + content).hexdigest()
+                headers = {}
+            headers |= {
                 "X-Repo-Commit": commit,
                 "ETag": f'"{etag}"',
-                "X-Linked-Etag": f'"{etag}"',
-                "X-Linked-Size": str(len(content)),
                 "Accept-Ranges": "bytes",
                 "Content-Type": "application/octet-stream",
             }

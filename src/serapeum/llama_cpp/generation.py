@@ -9,17 +9,29 @@ token costs the same at position 1,000 as at position 1 (llama-cpp-python's
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import GenerationRequest
-from serapeum.llama_cpp.errors import GenerationCancelled
+from serapeum.llama_cpp.errors import (
+    DecodeError,
+    GenerationCancelled,
+    IncompleteJSONError,
+    SchemaError,
+)
 from serapeum.llama_cpp.evaluated_tokens import PromptPlan
-from serapeum.llama_cpp.sampling import SamplerSettings, build_sampler, sampler_settings
-from serapeum.llama_cpp.structured import IncompleteJSONError
+from serapeum.llama_cpp.sampling import (
+    SamplerSettings,
+    build_sampler,
+    check_against_vocabulary,
+    sampler_settings,
+)
+from serapeum.llama_cpp.structured import error_summary
 from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
 
 if TYPE_CHECKING:
@@ -32,10 +44,6 @@ __all__ = ["DecodeError", "Generation"]
 ARGMAX_MIN_VOCAB = 8192
 
 
-class DecodeError(RuntimeError):
-    """llama.cpp could not evaluate a batch."""
-
-
 def _decode_error(status: int, n_ctx: int) -> DecodeError:
     if status == 1:
         return DecodeError(
@@ -43,6 +51,26 @@ def _decode_error(status: int, n_ctx: int) -> DecodeError:
             "raise context_window or shorten the prompt"
         )
     return DecodeError(f"llama_decode failed with status {status}")
+
+
+def _require_json(text: str, stopped_by_sequence: bool) -> None:
+    """A constrained answer that finished must parse; never return one that does not."""
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        cause = (
+            "a stop sequence cut it short (remove that stop sequence)"
+            if stopped_by_sequence
+            else "the model ended it early"
+        )
+        raise IncompleteJSONError(
+            f"the constrained answer is not valid JSON ({exc}): {cause}; it was {text[:200]!r}",
+            text=text,
+        ) from exc
+    except RecursionError as exc:
+        raise IncompleteJSONError(
+            "the constrained answer is nested too deeply to parse", text=text
+        ) from exc
 
 
 class Generation:
@@ -56,7 +84,10 @@ class Generation:
         self._model = model
         self._request = request
         self._started = started
+        # Checked here, before the caller takes the model's lock (the backend's check_options
+        # normally did it already; a compiled schema or grammar is cached, so this is cheap).
         self.settings: SamplerSettings = sampler_settings(request.temperature, request.options)
+        check_against_vocabulary(self.settings, model.n_vocab, model.constraints)
         self.finish_reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.timing: Timing | None = None
@@ -133,11 +164,10 @@ class Generation:
         stops = StopScanner(request.stop)
         scanning = stops.active
         cancel = request.cancel
-        self._matcher = (
-            model.constraints.matcher(settings.json_schema)
-            if settings.json_schema is not None
-            else None
-        )
+        if settings.json_schema is not None:
+            self._matcher = model.constraints.matcher(settings.json_schema)
+        elif settings.grammar is not None:
+            self._matcher = model.constraints.matcher(grammar=settings.grammar)
         inspect = (
             settings.logprobs is not None
             or settings.logits_processor is not None
@@ -156,6 +186,7 @@ class Generation:
         argmax_of = model.last_logits if self._argmax else None
         generated: list[int] = []
         raw_parts: list[str] = []
+        shown: list[str] | None = [] if settings.json_schema is not None else None
         marks: list[tuple[int, int]] = []
         raw_chars = 0
         marking = True
@@ -198,11 +229,15 @@ class Generation:
                     if scanning:
                         text, stopped_by_sequence = stops.push(text)
                         if text:
+                            if shown is not None:
+                                shown.append(text)
                             yield text
                         if stopped_by_sequence:
                             finish = FinishReason.STOP
                             break
                     else:
+                        if shown is not None:
+                            shown.append(text)
                         yield text
                 elif not piece:  # a control token: its text is not in the answer
                     marking = False
@@ -220,6 +255,8 @@ class Generation:
                     if not stopped_by_sequence:
                         tail += stops.flush()
                 if tail:
+                    if shown is not None:
+                        shown.append(tail)
                     yield tail
         finally:
             lib.llama_sampler_free(sampler)
@@ -230,13 +267,20 @@ class Generation:
             )
         n_generated = len(generated)
         matcher = self._matcher
-        if finish is FinishReason.LENGTH and matcher is not None and not matcher.is_accepting():
+        if (
+            finish is FinishReason.LENGTH
+            and shown is not None
+            and matcher is not None
+            and not matcher.is_accepting()
+        ):
             raise IncompleteJSONError(
                 f"generation stopped after {n_generated} tokens (max_new_tokens="
                 f"{request.max_tokens}, or the context window) before the JSON value was "
                 "complete; raise max_new_tokens",
                 text="".join(raw_parts),
             )
+        if shown is not None and finish is not FinishReason.CANCELLED:
+            _require_json("".join(shown), stopped_by_sequence)
         self.finish_reason = finish
         self.usage = Usage(
             prompt_tokens=len(plan.tokens),
@@ -266,7 +310,16 @@ class Generation:
         logits = model.last_logits()
         if settings.logits_processor is not None:
             input_ids = np.array(plan.tokens + generated, dtype=np.intc)
-            logits[:] = settings.logits_processor(input_ids, logits)
+            scores = settings.logits_processor(input_ids, logits)
+            try:
+                if scores is None:
+                    raise TypeError("None")
+                logits[:] = scores
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"logits_processor must return the scores: an array of {model.n_vocab} "
+                    f"numbers; it returned {type(scores).__name__} ({exc})"
+                ) from exc
 
         def pick() -> int:
             if self._argmax:
@@ -280,13 +333,24 @@ class Generation:
                 # The model's pick breaks the schema: mask what the grammar forbids, pick again.
                 self._mask_forbidden(matcher, logits)
                 token = pick()
-            if not matcher.consume_token(token):  # pragma: no cover - the mask allowed it
-                raise RuntimeError(f"the JSON grammar refused token {token}: {matcher.get_error()}")
+            if not matcher.consume_token(token):
+                # Nothing the vocabulary can write continues the text, or llguidance gave up
+                # (e.g. its parser limits): the constraint cannot be followed any further.
+                what = "JSON Schema" if settings.json_schema is not None else "grammar"
+                raise SchemaError(
+                    f"generation cannot continue within the {what} after "
+                    f"{len(generated)} tokens: {error_summary(matcher.get_error())}"
+                )
         if self.logprobs is not None:
             shifted = logits.astype(np.float64) - float(logits.max())
             log_probs = shifted - np.log(np.exp(shifted).sum())
-            top = settings.logprobs or 0
-            best: Any = np.argpartition(-log_probs, top)[:top] if top else []
+            top = min(settings.logprobs or 0, log_probs.shape[0])
+            if not top:
+                best: Any = []
+            elif top >= log_probs.shape[0]:
+                best = np.arange(top)
+            else:
+                best = np.argpartition(-log_probs, top)[:top]
             self.logprobs["tokens"].append(model.piece(token).decode("utf-8", "replace"))
             self.logprobs["text_offset"].append(text_offset)
             self.logprobs["token_logprobs"].append(float(log_probs[token]))

@@ -7,11 +7,11 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from attrs import define, evolve, field
-from attrs import validators as v
 
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import ConfigurationError
@@ -26,14 +26,17 @@ from serapeum.core.llms import (
 )
 from serapeum.core.llms.thread_bridge import Worker, iterate_in_thread, run_in_thread
 from serapeum.core.llms.types import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
+from serapeum.core.model_files import require_sha256
 from serapeum.core.plugins import (
     BackendChunk,
+    BackendSpec,
     GenerationRequest,
     LoadedModel,
     PluginHost,
     PromptFormatter,
     get_plugin_host,
 )
+from serapeum.core.redact import redact_url
 from serapeum.llama_cpp import reentry
 from serapeum.llama_cpp.errors import ContextWindowExceededError
 from serapeum.llama_cpp.formatting import (
@@ -42,7 +45,8 @@ from serapeum.llama_cpp.formatting import (
     detect_formatter,
     explicit_choice,
 )
-from serapeum.llama_cpp.gguf_file import require_gguf
+from serapeum.llama_cpp.gguf_file import require_gguf, verify_model_file
+from serapeum.llama_cpp.load_options import MAX_CONTEXT, check_load_options
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
@@ -95,11 +99,92 @@ def _check_gpu_layers(_instance: Any, _attribute: Any, value: Any) -> None:
 
 
 def _stop_list(value: str | Sequence[str] | None) -> list[str]:
+    """Stop sequences as a list: None, one str, or a list (or tuple) of str."""
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
-    return list(value)
+    if isinstance(value, list | tuple | set | frozenset) and all(
+        isinstance(item, str) for item in value
+    ):
+        return list(value)
+    raise ConfigurationError(f"stop must be a str or a list of str, got {value!r:.200}")
+
+
+def _check_text(text: str, what: str) -> None:
+    """Text must be encodable as UTF-8 (llama.cpp's tokenizer takes bytes): no lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{what} has an unpaired surrogate {text[exc.start]!r} at index {exc.start}, which "
+            "is not text UTF-8 can encode (it often comes from decoding bytes with "
+            "errors='surrogateescape'); remove it or decode with errors='replace'"
+        ) from None
+
+
+def _check_cancel(value: Any) -> None:
+    if value is not None and not isinstance(value, CancelToken):
+        raise ConfigurationError(
+            f"cancel must be a serapeum.core.CancelToken or None, got {value!r:.200}"
+        )
+
+
+def _check_system_prompt(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"system_prompt must be a str or None, got {type(value).__name__} {value!r:.100}"
+        )
+    _check_text(value, "system_prompt")
+
+
+def _check_flag(_instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{attribute.name} must be True or False, got {value!r:.100}")
+
+
+def _check_optional_callable(_instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise ConfigurationError(f"{attribute.name} must be a function or None, got {value!r:.100}")
+
+
+def _check_progress(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, bool) and not callable(value):
+        raise ConfigurationError(
+            "download_progress must be None, True, False or a callable(done, total), "
+            f"got {value!r:.100}"
+        )
+
+
+def _options_dict(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{name} must be a dict of option name -> value, got {type(value).__name__}"
+        )
+    names = [key for key in value if not isinstance(key, str)]
+    if names:
+        raise ConfigurationError(f"{name} keys must be str, got {names[0]!r}")
+    return dict(value)
+
+
+def _model_kwargs(value: Any) -> dict[str, Any]:
+    """Checked here, at construction: unknown names and values llama.cpp would abort on."""
+    return check_load_options(_options_dict("model_kwargs", value))
+
+
+def _check_context_window(_instance: Any, _attribute: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
+        raise ConfigurationError(
+            f"context_window must be a positive integer (1 to {MAX_CONTEXT}), got {value!r:.100}"
+        )
+
+
+def _generate_kwargs(value: Any) -> dict[str, Any]:
+    return _options_dict("generate_kwargs", value)
 
 
 def _normalise_generation_kwargs(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,33 +235,34 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     """
 
     model_path: str | None = None
-    model_url: str | None = None
+    model_url: str | None = field(default=None, repr=lambda url: repr(url and redact_url(url)))
     hf_model_id: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
     model_sha256: str | None = None
-    download_progress: bool | Callable[[int, int], None] | None = None
+    download_progress: bool | Callable[[int, int], None] | None = field(
+        default=None, validator=_check_progress
+    )
     temperature: float = field(default=DEFAULT_TEMPERATURE, validator=_validate(_check_temperature))
     max_new_tokens: int = field(
         default=DEFAULT_NUM_OUTPUTS, validator=_validate(_check_positive_int)
     )
-    context_window: int = field(
-        default=DEFAULT_CONTEXT_WINDOW, validator=_validate(_check_positive_int)
-    )
+    context_window: int = field(default=DEFAULT_CONTEXT_WINDOW, validator=_check_context_window)
     stop: list[str] = field(factory=list, converter=_stop_list)
     n_gpu_layers: int = field(default=0, validator=_check_gpu_layers)
-    verbose: bool = False
-    model_kwargs: dict[str, Any] = field(factory=dict, converter=lambda d: dict(d or {}))
-    generate_kwargs: dict[str, Any] = field(factory=dict, converter=lambda d: dict(d or {}))
+    verbose: bool = field(default=False, validator=_check_flag)
+    model_kwargs: dict[str, Any] = field(factory=dict, converter=_model_kwargs)
+    generate_kwargs: dict[str, Any] = field(factory=dict, converter=_generate_kwargs)
     messages_to_prompt: Callable[..., str] | None = field(
-        default=None, validator=v.optional(v.is_callable())
+        default=None, validator=_check_optional_callable
     )
     completion_to_prompt: Callable[..., str] | None = field(
-        default=None, validator=v.optional(v.is_callable())
+        default=None, validator=_check_optional_callable
     )
     formatter: str | PromptFormatter | None = None
-    system_prompt: str | None = None
+    system_prompt: str | None = field(default=None, validator=_check_system_prompt)
     backend: str = "llama-cpp"
+    checked_load: bool = field(default=True, validator=_check_flag)
     plugins: PluginHost | None = field(default=None, repr=False)
 
     _writer: PromptWriter = field(init=False, repr=False)
@@ -195,6 +281,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             hf_filename=self.hf_filename,
             hf_revision=self.hf_revision,
             options={"sha256": self.model_sha256, "progress": self._progress_setting()},
+            verify=partial(verify_model_file, checked_load=self.checked_load),
         )
         self._check_generate_kwargs(self.generate_kwargs)
         explicit = explicit_choice(
@@ -205,7 +292,9 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             self._formatter_reason = "chosen by the caller"
         backend = host.backends.entry(self.backend)
         path = resolve_model(request, host)
-        require_gguf(path)
+        require_gguf(path)  # whatever the source: structure first, then the checksum
+        if self.model_sha256 is not None:
+            require_sha256(path, self.model_sha256)
         options = {
             "n_ctx": self.context_window,
             "n_gpu_layers": self.n_gpu_layers,
@@ -213,7 +302,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             **self.model_kwargs,
         }
         key = cache_key(backend.item.name, path, options)
-        self._model = MODEL_CACHE.get_or_load(key, lambda: backend.item.load(path, options))
+        self._model = MODEL_CACHE.get_or_load(key, lambda: self._load(backend.item, path, options))
         self._resolved_path = path
         # llama.cpp may round n_ctx up; the guard keeps to what the user asked for.
         requested = int(options.get("n_ctx") or self._model.n_ctx)
@@ -229,6 +318,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             self._writer.formatter_name or "functions",
             self._formatter_reason,
         )
+
+    def _load(self, backend: BackendSpec, path: Path, options: dict[str, Any]) -> LoadedModel:
+        """Load through the backend, after the checked load (a child process) for new files."""
+        verify_model_file(path, checked_load=self.checked_load)
+        return backend.load(path, options)
 
     def _prompt_writer(
         self, formatter: str | PromptFormatter | None, host: PluginHost
@@ -299,12 +393,17 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             _check_temperature(values["temperature"])
         if "max_tokens" in values:
             _check_positive_int(values["max_tokens"], "max_new_tokens")
+        if "stop" in values:
+            _stop_list(values["stop"])
+        if "cancel" in values:
+            _check_cancel(values["cancel"])
 
     def _build_request(
         self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
     ) -> GenerationRequest:
         if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            raise ConfigurationError(f"prompt must be a str, got {type(prompt).__name__}")
+        _check_text(prompt, "the prompt")
         settings: dict[str, Any] = {
             "temperature": self.temperature,
             "max_tokens": self.max_new_tokens,
@@ -316,6 +415,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         settings.update(per_call)
 
         text = prompt if formatted else self.format_completion(prompt)
+        _check_text(text, "the formatted prompt")
         tokens = self._model.tokenize(text)
         n_ctx = self._context_limit
         if len(tokens) >= n_ctx:
@@ -329,8 +429,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         stop = list(dict.fromkeys([*_stop_list(settings["stop"]), *self._writer.stop]))
         options = {k: val for k, val in settings.items() if k not in _SAMPLING_FIELDS}
         cancel = settings.get("cancel")
-        if cancel is not None and not isinstance(cancel, CancelToken):
-            raise TypeError(f"cancel must be a serapeum.core.CancelToken, got {cancel!r}")
+        _check_cancel(cancel)
         request = GenerationRequest(
             prompt_tokens=tokens,
             max_tokens=min(settings["max_tokens"], n_ctx - len(tokens)),

@@ -3,6 +3,11 @@
 llama-cpp-python 0.3.x maps ggml's log levels with an outdated enum (it reads WARN as
 ERROR), so llama.cpp warnings reach stderr even with ``verbose=False``. This callback
 uses ggml's current levels and the verbosity llama-cpp-python records on each load.
+
+With ``verbose=False`` nothing reaches stderr, errors included: llama.cpp logs an error
+for situations the engine handles and reports itself (a cancelled prompt evaluation
+logs "failed to decode" four times). Those lines go to the ``serapeum.llama_cpp.native``
+Python logger at DEBUG level instead, for whoever wants them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ _GGML_TO_LOGGING = {
 }
 _CONTINUE = 5
 
+_native_logger = logging.getLogger("serapeum.llama_cpp.native")
 _installed: Any = None
 _last_level = logging.CRITICAL
 
@@ -39,8 +45,12 @@ def install() -> None:
         global _last_level
         mapped = _last_level if level == _CONTINUE else _GGML_TO_LOGGING.get(level, logging.INFO)
         _last_level = mapped
-        if llama_logger.logger.level <= mapped:
-            print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+        verbose = llama_logger.logger.level < logging.ERROR
+        if verbose:
+            if llama_logger.logger.level <= mapped:
+                print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+        elif _native_logger.isEnabledFor(logging.DEBUG):
+            _native_logger.debug("%s", text.decode("utf-8", errors="replace").rstrip("\n"))
 
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     _installed = callback  # keep the ctypes callback alive

@@ -8,15 +8,26 @@ settings pick the same tokens as the raw call.
 from __future__ import annotations
 
 import ctypes
+import math
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any
 
 from attrs import field, frozen
 
 from serapeum.core.errors import ConfigurationError
-from serapeum.llama_cpp.structured import schema_from_options
+from serapeum.llama_cpp.structured import JsonConstraints, grammar_from_gbnf, schema_from_options
 
-__all__ = ["SUPPORTED_OPTIONS", "SamplerSettings", "build_sampler", "sampler_settings"]
+__all__ = [
+    "SUPPORTED_OPTIONS",
+    "SamplerSettings",
+    "build_sampler",
+    "check_against_vocabulary",
+    "sampler_settings",
+]
+
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
 
 # Options a request may carry besides temperature, max_tokens and stop.
 _NUMERIC_DEFAULTS: dict[str, float] = {
@@ -47,38 +58,203 @@ _OTHER_OPTIONS = (
 SUPPORTED_OPTIONS = (*_NUMERIC_DEFAULTS, *_OTHER_OPTIONS)
 
 
+def _refuse(name: str, accepted: str, value: Any) -> ConfigurationError:
+    return ConfigurationError(f"{name} must be {accepted}; got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+_Validator = Callable[[Any, Any, Any], None]
+
+
+def _number(
+    accepted: str, low: float = -math.inf, high: float = math.inf, *, above: bool = False
+) -> _Validator:
+    """A validator: a finite number in [low, high] (``above``: strictly more than ``low``)."""
+
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if not _finite(value) or not low <= value <= high or (above and value == low):
+            raise _refuse(attribute.name, accepted, value)
+
+    return check
+
+
+def _integer(accepted: str, low: int, high: int, *, none: bool = False) -> _Validator:
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if value is None and none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _refuse(attribute.name, accepted, value)
+
+    return check
+
+
+def _whole(value: Any) -> Any:
+    """40.0 -> 40 (the seed accepted floats for integer options); anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    accepted = (
+        "a dict of token id (an integer >= 0, or its decimal string as in OpenAI's JSON) "
+        "-> finite bias, e.g. {42: -100.0}"
+    )
     if value is None:
         return ()
+    if isinstance(value, tuple) and all(isinstance(item, tuple) for item in value):
+        value = dict(value)  # already converted (attrs.evolve)
     if not isinstance(value, Mapping):
+        raise _refuse("logit_bias", accepted, value)
+    biases: list[tuple[int, float]] = []
+    for token, bias in value.items():
+        if isinstance(token, str) and token.isascii() and token.isdigit():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= INT32_MAX:
+            raise ConfigurationError(
+                f"logit_bias keys must be token ids (integers from 0 to the vocabulary size "
+                f"- 1); got {token!r}"
+            )
+        if not _finite(bias):
+            raise ConfigurationError(
+                f"logit_bias values must be finite numbers (use -100 to ban a token); "
+                f"token {token} has {bias!r}"
+            )
+        biases.append((token, float(bias)))
+    return tuple(biases)
+
+
+@lru_cache(maxsize=64)
+def _gbnf(text: str) -> str:
+    return grammar_from_gbnf(text)
+
+
+def _grammar(value: Any) -> str | None:
+    """A GBNF grammar (a str or a ``llama_cpp.LlamaGrammar``) as an llguidance grammar.
+
+    Grammars run through llguidance like JSON schemas do, never through llama.cpp's grammar
+    sampler, which aborts the process when a grammar reaches a dead end mid-generation.
+    """
+    if value is None:
+        return None
+    if isinstance(value, _Compiled):
+        return value
+    text = getattr(value, "_grammar", value)  # a llama_cpp.LlamaGrammar keeps its GBNF here
+    if not isinstance(text, str):
         raise ConfigurationError(
-            f"logit_bias must map token ids to biases, e.g. {{42: -100.0}}; got {value!r}"
+            'grammar must be a GBNF grammar: a str such as \'root ::= "yes" | "no"\' or a '
+            f"llama_cpp.LlamaGrammar; got {value!r}"
         )
-    return tuple((int(token), float(bias)) for token, bias in value.items())
+    return _Compiled(_gbnf(text))
+
+
+class _Compiled(str):
+    """A grammar already converted for llguidance (so converting again is a no-op)."""
+
+    __slots__ = ()
+
+
+@frozen
+class _ProcessorChain:
+    """A plain list of logits processors, applied in order (as ``LogitsProcessorList`` does)."""
+
+    processors: tuple[Callable[..., Any], ...]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for processor in self.processors:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+@frozen
+class _AnyCriterion:
+    """A plain list of stopping criteria: stop when any says so (as ``StoppingCriteriaList``)."""
+
+    criteria: tuple[Callable[..., Any], ...]
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        return any(criterion(input_ids, logits) for criterion in self.criteria)
+
+
+def _callables(name: str, value: Any) -> tuple[Callable[..., Any], ...] | Any:
+    """``value`` if callable (or None), the tuple of a non-empty list of callables, else refused."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, list | tuple) and value and all(callable(item) for item in value):
+        return tuple(value)
+    raise ConfigurationError(
+        f"{name} must be a callable(input_ids, logits) or a non-empty list of them; got {value!r}"
+    )
+
+
+def _logits_processor(value: Any) -> Callable[..., Any] | None:
+    checked = _callables("logits_processor", value)
+    return _ProcessorChain(checked) if isinstance(checked, tuple) else checked
+
+
+def _stopping_criteria(value: Any) -> Callable[..., Any] | None:
+    checked = _callables("stopping_criteria", value)
+    return _AnyCriterion(checked) if isinstance(checked, tuple) else checked
 
 
 @frozen
 class SamplerSettings:
-    """How to pick each token; ``temperature == 0`` is greedy."""
+    """How to pick each token; ``temperature == 0`` is greedy.
 
-    temperature: float
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    mirostat_mode: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    seed: int | None = None
+    Every value is checked here, so a request fails before it waits for the model. Ranges
+    are llama.cpp's: ``top_k`` is a C int (0 keeps every token; above the vocabulary size it
+    changes nothing), the probabilities are fractions, the seed a C uint32. Token ids in
+    ``logit_bias`` and ``logprobs`` are bounded by the vocabulary in
+    ``check_against_vocabulary`` (the model is needed for that).
+    """
+
+    temperature: float = field(validator=_number("a finite number >= 0", 0.0))
+    top_k: int = field(
+        default=40,
+        converter=_whole,
+        validator=_integer(f"an integer from 0 (no limit) to {INT32_MAX}", 0, INT32_MAX),
+    )
+    top_p: float = field(default=0.95, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0))
+    min_p: float = field(default=0.05, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0))
+    typical_p: float = field(
+        default=1.0, validator=_number("a number from 0.0 to 1.0 (1.0 = off)", 0.0, 1.0)
+    )
+    repeat_penalty: float = field(
+        default=1.0, validator=_number("a finite number > 0 (1.0 = off)", 0.0, above=True)
+    )
+    frequency_penalty: float = field(default=0.0, validator=_number("a finite number (0.0 = off)"))
+    presence_penalty: float = field(default=0.0, validator=_number("a finite number (0.0 = off)"))
+    mirostat_mode: int = field(
+        default=0, converter=_whole, validator=_integer("0 (off), 1 or 2", 0, 2)
+    )
+    mirostat_tau: float = field(default=5.0, validator=_number("a finite number >= 0", 0.0))
+    mirostat_eta: float = field(default=0.1, validator=_number("a finite number >= 0", 0.0))
+    seed: int | None = field(
+        default=None,
+        validator=_integer(f"None or an integer from 0 to {UINT32_MAX}", 0, UINT32_MAX, none=True),
+    )
     logit_bias: tuple[tuple[int, float], ...] = field(default=(), converter=_logit_bias)
-    grammar: Any = None  # a llama_cpp.LlamaGrammar
-    logprobs: int | None = None
-    logits_processor: Callable[..., Any] | None = None
-    stopping_criteria: Callable[..., Any] | None = None
+    # llguidance's form of a GBNF grammar (given as a str or a llama_cpp.LlamaGrammar)
+    grammar: str | None = field(default=None, converter=_grammar)
+    logprobs: int | None = field(
+        default=None,
+        validator=_integer(
+            "None or an integer >= 0 (alternatives per token, at most the vocabulary size)",
+            0,
+            INT32_MAX,
+            none=True,
+        ),
+    )
+    logits_processor: Callable[..., Any] | None = field(default=None, converter=_logits_processor)
+    stopping_criteria: Callable[..., Any] | None = field(default=None, converter=_stopping_criteria)
     json_schema: dict[str, Any] | None = None  # constrain the answer to JSON matching it
+
+    def __attrs_post_init__(self) -> None:
+        if self.grammar is not None and self.json_schema is not None:
+            raise ConfigurationError("give grammar or json_schema (or response_format), not both")
 
     @property
     def plain_greedy(self) -> bool:
@@ -95,7 +271,7 @@ class SamplerSettings:
 
 def sampler_settings(temperature: float, options: Mapping[str, Any]) -> SamplerSettings:
     """Checked settings from a request's options; unknown names are a configuration error."""
-    unknown = sorted(set(options) - set(SUPPORTED_OPTIONS))
+    unknown = sorted(set(options) - set(SUPPORTED_OPTIONS), key=str)
     if "echo" in unknown or "suffix" in unknown:
         raise ConfigurationError(
             "echo and suffix are not supported by the llama-cpp backend; "
@@ -108,32 +284,54 @@ def sampler_settings(temperature: float, options: Mapping[str, Any]) -> SamplerS
             f"{', '.join(SUPPORTED_OPTIONS)}"
         )
     values: dict[str, Any] = {}
-    for name, default in _NUMERIC_DEFAULTS.items():
-        value = options.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigurationError(f"{name} must be a number, got {value!r}")
-        values[name] = type(default)(value) if name in ("top_k", "mirostat_mode") else value
-    logprobs = options.get("logprobs")
-    if logprobs is not None and (
-        isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0
-    ):
-        raise ConfigurationError(
-            f"logprobs must be a non-negative integer (how many alternatives per token), got {logprobs!r}"
-        )
-    seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigurationError(f"seed must be a non-negative integer, got {seed!r}")
+    for name in _NUMERIC_DEFAULTS:
+        if name in options:
+            values[name] = options[name]
+    tfs_z = options.get("tfs_z")
+    if tfs_z is not None and not _finite(tfs_z):
+        raise _refuse("tfs_z", "None or a finite number (it is accepted and ignored)", tfs_z)
+    penalize_nl = options.get("penalize_nl")
+    if penalize_nl is not None and not isinstance(penalize_nl, bool):
+        raise _refuse("penalize_nl", "None, True or False (accepted and ignored)", penalize_nl)
     return SamplerSettings(
-        temperature=float(temperature),
-        seed=seed,
+        temperature=temperature,
+        seed=options.get("seed"),
         logit_bias=options.get("logit_bias"),
         grammar=options.get("grammar"),
-        logprobs=logprobs,
+        logprobs=options.get("logprobs"),
         logits_processor=options.get("logits_processor"),
         stopping_criteria=options.get("stopping_criteria"),
         json_schema=schema_from_options(options),
         **values,
     )
+
+
+def check_against_vocabulary(
+    settings: SamplerSettings, n_vocab: int, constraints: JsonConstraints | None = None
+) -> None:
+    """Raise ``ConfigurationError`` for what only the loaded model can tell is out of range.
+
+    Token ids in ``logit_bias`` must be below ``n_vocab`` and ``logprobs`` at most
+    ``n_vocab``; with ``constraints`` (the model's), a JSON schema or grammar is compiled
+    now, so one that cannot be used fails before generation (``SchemaError``).
+    """
+    outside = [token for token, _ in settings.logit_bias if token >= n_vocab]
+    if outside:
+        raise ConfigurationError(
+            f"logit_bias token id(s) {', '.join(map(str, outside[:5]))} are outside this "
+            f"model's vocabulary (ids 0 to {n_vocab - 1})"
+        )
+    if settings.logprobs is not None and settings.logprobs > n_vocab:
+        raise _refuse(
+            "logprobs",
+            f"None or an integer from 0 to {n_vocab} (this model's vocabulary size)",
+            settings.logprobs,
+        )
+    if constraints is not None:
+        if settings.json_schema is not None:
+            constraints.check(settings.json_schema)
+        elif settings.grammar is not None:
+            constraints.check(grammar=settings.grammar)
 
 
 def build_sampler(
@@ -161,14 +359,6 @@ def build_sampler(
             settings.presence_penalty,
         )
     )
-    if settings.grammar is not None:
-        add(
-            lib.llama_sampler_init_grammar(
-                vocab,
-                settings.grammar._grammar.encode("utf-8"),
-                settings.grammar._root.encode("utf-8"),
-            )
-        )
     temperature = settings.temperature
     if temperature == 0.0:
         add(lib.llama_sampler_init_greedy())

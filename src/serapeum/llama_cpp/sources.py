@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ def build_model_request(
     hf_filename: str | None,
     hf_revision: str | None = None,
     options: Mapping[str, Any] | None = None,
+    verify: Callable[[Path], None] | None = None,
 ) -> ModelRequest:
     """Check the model settings (no disk access) and bundle them into a request."""
     given = [
@@ -77,6 +78,7 @@ def build_model_request(
         hf_filename=hf_filename,
         hf_revision=hf_revision,
         options={k: v for k, v in (options or {}).items() if v is not None},
+        verify=verify,
     )
 
 

@@ -18,13 +18,20 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
-from serapeum.core.errors import ConfigurationError, SerapeumError
+from serapeum.core.errors import ConfigurationError
+from serapeum.llama_cpp.errors import IncompleteJSONError, SchemaError
 
 __all__ = [
+    "MAX_SCHEMA_BYTES",
+    "MAX_SCHEMA_DEPTH",
     "IncompleteJSONError",
     "JsonConstraints",
     "SchemaError",
+    "check_schema",
+    "error_summary",
+    "grammar_from_gbnf",
     "schema_from_options",
 ]
 
@@ -32,21 +39,11 @@ __all__ = [
 # newlines; ", " and ": " are the separators models are used to.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _COMPILED_PER_MODEL = 64
-
-
-class SchemaError(ConfigurationError):
-    """The JSON Schema cannot constrain generation: invalid, unsatisfiable or unsupported."""
-
-
-class IncompleteJSONError(SerapeumError, ValueError):
-    """Generation ended before the constrained JSON value was complete.
-
-    ``text`` is what was generated; raise ``max_new_tokens`` (or shorten the prompt) and retry.
-    """
-
-    def __init__(self, message: str, *, text: str) -> None:
-        super().__init__(message)
-        self.text = text
+# A schema nested deeper than this is refused before anything recurses over it (json.dumps,
+# llguidance and the checks here would otherwise end in RecursionError); real schemas put
+# their nesting in $defs and stay far below it.
+MAX_SCHEMA_DEPTH = 100
+MAX_SCHEMA_BYTES = 4_000_000
 
 
 def schema_from_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -70,7 +67,175 @@ def schema_from_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
             "for a pydantic or attrs class pass PydanticParser(cls).json_schema / "
             "AttrsParser(cls).json_schema"
         )
-    return dict(schema)
+    schema = dict(schema)
+    check_schema(schema)
+    return schema
+
+
+def check_schema(schema: Mapping[str, Any]) -> None:
+    """Raise ``SchemaError`` for a schema that cannot constrain generation, before any model.
+
+    The schema must be JSON data (str keys, finite numbers), at most ``MAX_SCHEMA_DEPTH``
+    deep and ``MAX_SCHEMA_BYTES`` long as JSON, and admit at least one finite value: a
+    schema whose every value contains itself (``{"$ref": "#"}``, an object that requires
+    itself) would otherwise constrain generation to a value that never ends. A schema that
+    passed is remembered (by its JSON text), so a repeated request pays one ``json.dumps``.
+    """
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        raise SchemaError(
+            f"json_schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; move repeated "
+            "parts into $defs and refer to them with $ref"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(
+            f"json_schema must be JSON data (str keys, finite numbers, lists, dicts): {exc}"
+        ) from None
+    with _checked_lock:
+        if key in _checked:
+            _checked.move_to_end(key)
+            return
+    if len(key) > MAX_SCHEMA_BYTES:
+        raise SchemaError(
+            f"json_schema is {len(key)} bytes as JSON, more than {MAX_SCHEMA_BYTES}; simplify it"
+        )
+    _check_depth(schema)
+    if not _admits_finite_value(schema):
+        raise SchemaError(
+            "this JSON Schema admits no finite value: every value it allows contains itself "
+            "again (e.g. {'$ref': '#'}, or an object whose required property refers back to "
+            "the object); give the recursion a way to end (make that property optional, "
+            "allow null, or allow an empty array)"
+        )
+    with _checked_lock:
+        _checked[key] = None
+        if len(_checked) > _CHECKED_SCHEMAS:
+            _checked.popitem(last=False)
+
+
+_checked: OrderedDict[str, None] = OrderedDict()
+_checked_lock = threading.Lock()
+_CHECKED_SCHEMAS = 256
+
+
+def _check_depth(schema: Mapping[str, Any]) -> None:
+    """At most ``MAX_SCHEMA_DEPTH`` levels of containers; walked without recursion."""
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise SchemaError(
+                f"json_schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; move "
+                "repeated parts into $defs and refer to them with $ref"
+            )
+        values = node.values() if isinstance(node, Mapping) else node
+        for value in values:
+            if isinstance(value, Mapping | list | tuple):
+                stack.append((value, depth + 1))
+
+
+_UNKNOWN = object()
+
+
+def _resolve(root: Mapping[str, Any], reference: str) -> Any:
+    """The node a local ``$ref`` ("#", "#/$defs/x") points to, or ``_UNKNOWN``."""
+    if reference == "#":
+        return root
+    if not reference.startswith("#/"):
+        return _UNKNOWN  # an anchor or another document: llguidance decides
+    node: Any = root
+    for part in reference[2:].split("/"):
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _UNKNOWN
+    return node
+
+
+def _admits_finite_value(root: Mapping[str, Any]) -> bool:
+    """Whether the schema allows some finite JSON value (a least fixed point over ``$ref``).
+
+    Only recursion is judged here: a keyword this does not model counts as satisfiable
+    (llguidance reports contradictions itself, at compile time).
+    """
+    finite: dict[str, bool] = {}  # local $ref -> known to allow a finite value
+
+    def allows(node: Any) -> bool:
+        if isinstance(node, bool):
+            return node
+        if not isinstance(node, Mapping):
+            return True
+        reference = node.get("$ref")
+        if isinstance(reference, str):
+            target = _resolve(root, reference)
+            if target is not _UNKNOWN and not finite.setdefault(reference, False):
+                return False
+        all_of = node.get("allOf")
+        if isinstance(all_of, list) and not all(allows(sub) for sub in all_of):
+            return False
+        for key in ("anyOf", "oneOf"):
+            options = node.get(key)
+            if isinstance(options, list) and options and not any(allows(s) for s in options):
+                return False
+        if "const" in node or "enum" in node:
+            return True  # literal values
+        types = node.get("type")
+        if isinstance(types, str):
+            types = [types]
+        if not isinstance(types, list):  # no type: any JSON type will do (a null, say)
+            return True
+        return any(type_allows(kind, node) for kind in types)
+
+    def type_allows(kind: Any, node: Mapping[str, Any]) -> bool:
+        if kind == "object":
+            properties = node.get("properties")
+            properties = properties if isinstance(properties, Mapping) else {}
+            extra = node.get("additionalProperties", True)
+            required = node.get("required")
+            for name in required if isinstance(required, list) else ():
+                sub = properties.get(name, extra) if isinstance(name, str) else True
+                if not allows(sub):
+                    return False
+            return True
+        if kind == "array":
+            least = node.get("minItems", 0)
+            if isinstance(least, bool) or not isinstance(least, int) or least <= 0:
+                return True
+            prefix = node.get("prefixItems")
+            items = node.get("items", True)
+            if isinstance(items, list):  # draft 4-7 tuple form
+                prefix, items = items, node.get("additionalItems", True)
+            prefix = prefix if isinstance(prefix, list) else []
+            if not all(allows(sub) for sub in prefix[:least]):
+                return False
+            return least <= len(prefix) or allows(items)
+        return True  # strings, numbers, booleans, null: constraints are llguidance's
+
+    allows(root)  # registers the references the root uses
+    while True:
+        known, changed = len(finite), False
+        for reference in list(finite):
+            if not finite[reference] and allows(_resolve(root, reference)):
+                finite[reference] = changed = True
+        if not changed and len(finite) == known:
+            return allows(root)
+
+
+def grammar_from_gbnf(grammar: str) -> str:
+    """llguidance's form of a llama.cpp GBNF grammar; ``SchemaError`` if it does not parse."""
+    llguidance = JsonConstraints._llguidance()
+    try:
+        converted: str = llguidance.grammar_from("gbnf", grammar)
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"grammar is not a valid GBNF grammar: {exc}") from exc
+    problem = llguidance.LLMatcher.validate_grammar(converted)
+    if problem:
+        raise SchemaError(f"grammar cannot constrain generation: {problem.strip()}")
+    return converted
 
 
 def _schema_of_response_format(value: Any) -> Any:
@@ -131,21 +296,26 @@ class JsonConstraints:
             self._tokenizer = _build_tokenizer(self._llguidance(), self._vocab, self._n_vocab)
         return self._tokenizer
 
-    def matcher(self, schema: Mapping[str, Any]) -> Any:
-        """A fresh matcher for ``schema``; the schema is compiled once and checked first."""
-        return self._template(schema).deep_copy()
+    def matcher(self, schema: Mapping[str, Any] | None = None, grammar: str | None = None) -> Any:
+        """A fresh matcher for a JSON schema or an llguidance grammar, compiled once and checked."""
+        return self._template(schema, grammar).deep_copy()
 
-    def check(self, schema: Mapping[str, Any]) -> None:
-        """Raise ``SchemaError`` now, before generation, if the schema cannot be used."""
-        self._template(schema)
+    def check(self, schema: Mapping[str, Any] | None = None, grammar: str | None = None) -> None:
+        """Raise ``SchemaError`` now, before generation, if the constraint cannot be used."""
+        self._template(schema, grammar)
 
-    def _template(self, schema: Mapping[str, Any]) -> Any:
-        """The compiled matcher for ``schema`` (compiled on first use, then cached)."""
-        key = canonical(schema)
+    def _template(self, schema: Mapping[str, Any] | None, grammar: str | None) -> Any:
+        """The compiled matcher (compiled on first use, then cached)."""
+        if schema is not None:
+            key = canonical(schema)
+        elif grammar is not None:
+            key = "grammar:" + grammar
+        else:
+            raise ValueError("a JSON schema or a grammar is needed")
         with self._lock:
             template = self._compiled.get(key)
             if template is None:
-                template = self._compile(schema)
+                template = self._compile(schema, grammar)
                 self._compiled[key] = template
                 if len(self._compiled) > _COMPILED_PER_MODEL:
                     self._compiled.popitem(last=False)
@@ -153,26 +323,73 @@ class JsonConstraints:
                 self._compiled.move_to_end(key)
         return template
 
-    def _compile(self, schema: Mapping[str, Any]) -> Any:
+    def _compile(self, schema: Mapping[str, Any] | None, grammar: str | None) -> Any:
         llguidance = self._llguidance()
         matcher_class = llguidance.LLMatcher
-        try:
-            grammar = matcher_class.grammar_from_json_schema(dict(schema), defaults=_JSON_OPTIONS)
-        except ValueError as exc:
-            raise SchemaError(f"json_schema is not a JSON Schema object: {exc}") from exc
+        what = "JSON Schema" if schema is not None else "grammar"
+        if schema is not None:
+            try:
+                grammar = matcher_class.grammar_from_json_schema(
+                    dict(schema), defaults=_JSON_OPTIONS
+                )
+            except (ValueError, RecursionError) as exc:
+                raise SchemaError(f"json_schema is not a JSON Schema object: {exc}") from exc
         tokenizer = self._bridge()
         problem = matcher_class.validate_grammar(grammar, tokenizer)
         if problem:
             raise SchemaError(
-                f"this JSON Schema cannot constrain generation: {problem.strip()} "
-                "(remove or simplify that part of the schema)"
+                f"this {what} cannot constrain generation: {problem.strip()} "
+                "(remove or simplify that part of it)"
             )
         matcher = matcher_class(tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise SchemaError(
-                f"this JSON Schema cannot constrain generation: {matcher.get_error()}"
+                f"this {what} cannot constrain generation: {error_summary(matcher.get_error())}"
             )
+        self._dry_run(matcher, what)
         return matcher
+
+    def _dry_run(self, template: Any, what: str) -> None:
+        """Compute the first token mask now, so a grammar that fails there fails before generation.
+
+        llguidance finds some problems (a grammar with no way to start, an Earley item set
+        past its limits) only when it computes a mask; doing it once per compiled constraint
+        makes them a ``SchemaError`` here rather than an error in the middle of a stream.
+        """
+        import numpy as np
+
+        probe = template.deep_copy()
+        mask = np.zeros(((self._n_vocab + 31) // 32,), dtype=np.int32)
+        probe.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
+        if probe.is_error():
+            raise SchemaError(
+                f"this {what} cannot constrain generation: {error_summary(probe.get_error())}"
+            )
+        if not mask.any() and not probe.is_accepting():
+            raise SchemaError(
+                f"this {what} admits no text this model's vocabulary can write "
+                "(no token can start it)"
+            )
+
+
+def error_summary(error: str) -> str:
+    """llguidance's error in a line, without its parser-state dump."""
+    fields: dict[str, str] = {}
+    for line in error.splitlines():
+        line = line.strip()
+        for key in ("Error:", "Stop:"):
+            if line.startswith(key):
+                fields.setdefault(key, line[len(key) :].strip())
+    message = fields.get("Error:")
+    if message and message != "None":
+        return message[:300]
+    stop = fields.get("Stop:")
+    if stop == "NoExtensionBias":
+        return "it allows no text at all here (NoExtensionBias)"
+    if stop:
+        return f"llguidance stopped ({stop})"
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return (lines[0] if lines else "no token is allowed here")[:300]
 
 
 def _build_tokenizer(llguidance: Any, vocab: Any, n_vocab: int) -> Any:

@@ -4,15 +4,21 @@ Downloads go through ``huggingface_hub.hf_hub_download`` so that everything HF u
 already rely on keeps working unchanged: the shared cache (``HF_HUB_CACHE`` /
 ``HF_HOME``), ``HF_TOKEN`` and ``hf auth login``, ``HF_ENDPOINT`` mirrors,
 ``HF_HUB_OFFLINE`` and pinned revisions (branches, tags, commit hashes).
+
+Every file is checked before it is returned: its GGUF structure, ``model_sha256`` (the
+blob's name when the cache names it by its SHA-256, a hash otherwise) and the engine's
+checked load (``ModelRequest.verify_file``). A refused file that this call downloaded is
+removed from the Hub cache; one that was already there is kept, and the error says how
+to remove it.
 """
 
 from __future__ import annotations
 
+import errno
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
-from typing import TypedDict
 
 from huggingface_hub import HfApi, constants, get_token, hf_hub_download
 from huggingface_hub.errors import (
@@ -27,15 +33,42 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 
+from serapeum.core.cache_dir import cache_directory_error, ensure_cache_directory
+from serapeum.core.errors import CacheDirectoryError as CoreCacheDirectoryError
 from serapeum.core.errors import ConfigurationError, SerapeumError
 from serapeum.core.plugins import ModelRequest, ModelSource
+from serapeum_source_hf.errors import (
+    HfAccessError,
+    HfAmbiguousFilenameError,
+    HfCacheDirectoryError,
+    HfChecksumMismatchError,
+    HfDownloadError,
+    HfFileNotFoundError,
+    HfMalformedModelError,
+    HfNotAModelError,
+    HfOfflineError,
+    HfRepositoryNotFoundError,
+    HfRevisionNotFoundError,
+    HfSourceError,
+)
+from serapeum_source_hf.verify import (
+    Added,
+    CacheState,
+    Where,
+    check_sha256,
+    check_structure,
+)
 
 __all__ = [
     "HF_SOURCE",
     "HfAccessError",
     "HfAmbiguousFilenameError",
+    "HfCacheDirectoryError",
+    "HfChecksumMismatchError",
     "HfDownloadError",
     "HfFileNotFoundError",
+    "HfMalformedModelError",
+    "HfNotAModelError",
     "HfOfflineError",
     "HfRepositoryNotFoundError",
     "HfRevisionNotFoundError",
@@ -72,83 +105,10 @@ DOWNLOAD_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class _Where(TypedDict):
-    repo_id: str
-    filename: str | None
-    revision: str | None
-
-
-class HfSourceError(SerapeumError):
-    """Fetching a model from the Hugging Face Hub failed; says which repo, file and revision."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        repo_id: str,
-        filename: str | None = None,
-        revision: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.repo_id = repo_id
-        self.filename = filename
-        self.revision = revision
-
-    def __str__(self) -> str:
-        # OSError subclasses would otherwise render "[Errno None] None: <filename>".
-        return str(self.args[0]) if self.args else ""
-
-
-class HfRepositoryNotFoundError(HfSourceError, ConfigurationError):
-    """The repository does not exist (or is private and the request was not authenticated)."""
-
-
-class HfRevisionNotFoundError(HfSourceError, ConfigurationError):
-    """The repository exists but has no such branch, tag or commit."""
-
-
-class HfFileNotFoundError(HfSourceError, ConfigurationError, FileNotFoundError):
-    """No file in the repository matches ``hf_filename``; ``available`` lists its GGUF files."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        available: Iterable[str] = (),
-        repo_id: str,
-        filename: str | None = None,
-        revision: str | None = None,
-    ) -> None:
-        super().__init__(message, repo_id=repo_id, filename=filename, revision=revision)
-        self.available = tuple(available)
-
-
-class HfAmbiguousFilenameError(HfSourceError, ConfigurationError):
-    """The ``hf_filename`` glob matches several models; ``matches`` lists them."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        matches: Iterable[str] = (),
-        repo_id: str,
-        filename: str | None = None,
-        revision: str | None = None,
-    ) -> None:
-        super().__init__(message, repo_id=repo_id, filename=filename, revision=revision)
-        self.matches = tuple(matches)
-
-
-class HfAccessError(HfSourceError, PermissionError):
-    """The repository is gated or private and the token is missing or not allowed."""
-
-
-class HfOfflineError(HfSourceError, ConnectionError):
-    """The Hub cannot be used (``HF_HUB_OFFLINE`` or no network) and the file is not cached."""
-
-
-class HfDownloadError(HfSourceError):
-    """Any other failure talking to the Hub (server errors, bad responses)."""
+# Errors that mean the Hub cache itself cannot be written (not the network, not the Hub).
+CACHE_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.EEXIST}
+)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -213,7 +173,7 @@ def _translate(
 ) -> HfSourceError:
     """Turn a huggingface_hub exception into one of ours, with a message that says what to do."""
     where = _where(repo_id, filename, revision)
-    ids = _Where(repo_id=repo_id, filename=filename, revision=revision)
+    ids = Where(repo_id=repo_id, filename=filename, revision=revision)
     endpoint = constants.ENDPOINT
     if isinstance(error, GatedRepoError):
         return HfAccessError(
@@ -324,7 +284,7 @@ def select_filename(repo_id: str, pattern: str, revision: str | None) -> str:
     files = list_files(repo_id, revision)
     matches = [name for name in files if fnmatchcase(name, pattern)]
     models = sorted({_model_key(name) for name in matches})
-    where = _Where(repo_id=repo_id, filename=pattern, revision=revision)
+    where = Where(repo_id=repo_id, filename=pattern, revision=revision)
     if not models:
         available = _gguf_only(files)
         raise HfFileNotFoundError(
@@ -344,20 +304,95 @@ def select_filename(repo_id: str, pattern: str, revision: str | None) -> str:
     return models[0]
 
 
-def download_gguf(repo_id: str, pattern: str, revision: str | None = None) -> Path:
+def download_gguf(
+    repo_id: str,
+    pattern: str,
+    revision: str | None = None,
+    *,
+    sha256: str | None = None,
+    verify: Callable[[Path], None] | None = None,
+) -> Path:
     """Download the GGUF ``pattern`` names (every shard of a split model) and return its path.
 
     For split models the first shard's path is returned; llama.cpp finds the others
     next to it, which is why the snapshot path (not the blob it links to) is kept.
+    Each shard gets the GGUF structure check; ``sha256`` and ``verify`` (the engine's
+    checked load) apply to the returned file. When a check refuses, whatever this call
+    added to the Hub cache is removed (and nothing that was there before).
     """
     filename = select_filename(repo_id, pattern, revision)
-    paths: list[Path] = []
+    added: list[Added] = []
     for shard in split_shards(filename):
+        state = CacheState.before(repo_id, shard)
         try:
-            paths.append(Path(hf_hub_download(repo_id, shard, revision=revision)))
+            pointer = Path(hf_hub_download(repo_id, shard, revision=revision))
         except DOWNLOAD_ERRORS as error:
+            _take_back(added)
             raise _translate(error, repo_id, shard, revision) from error
-    return paths[0]
+        except OSError as error:
+            _take_back(added)
+            raise _cache_error(error, repo_id, shard, revision) from error
+        added.append(state.added(pointer))
+    try:
+        _check(added, repo_id, filename, revision, sha256, verify)
+    except SerapeumError:
+        _take_back(added)
+        raise
+    return added[0].pointer
+
+
+def _check(
+    added: list[Added],
+    repo_id: str,
+    filename: str,
+    revision: str | None,
+    sha256: str | None,
+    verify: Callable[[Path], None] | None,
+) -> None:
+    for shard in added:
+        name = shard.pointer.name
+        ids = Where(repo_id=repo_id, filename=name, revision=revision)
+        check_structure(shard, _where(repo_id, name, revision), ids)
+    first = added[0]
+    ids = Where(repo_id=repo_id, filename=filename, revision=revision)
+    if sha256 is not None:
+        check_sha256(first, sha256, _where(repo_id, filename, revision), ids)
+    if verify is not None:
+        try:
+            verify(first.pointer)
+        except SerapeumError as error:  # the engine's verdict, kept as raised
+            fate = (
+                "it was deleted from the Hub cache"
+                if any(shard.anything for shard in added)
+                else f"it was already cached and was kept; to remove it, delete {first.removal_hint()}"
+            )
+            error.add_note(f"Refused: {_where(repo_id, filename, revision)}; {fate}.")
+            raise
+
+
+def _take_back(added: list[Added]) -> None:
+    """Remove what this call added to the Hub cache (never a file that was there before)."""
+    for shard in added:
+        shard.remove()
+
+
+def _cache_error(
+    error: OSError, repo_id: str, filename: str, revision: str | None
+) -> HfSourceError:
+    """Explain a file-system error from the Hub client: the cache, if it is the cause."""
+    ids = Where(repo_id=repo_id, filename=filename, revision=revision)
+    where = _where(repo_id, filename, revision)
+    cache = Path(constants.HF_HUB_CACHE)
+    settings = {"env_var": "HF_HUB_CACHE", "what": "Hugging Face Hub cache"}
+    try:  # the same diagnosis as serapeum's own cache: a file in the way, no permission...
+        ensure_cache_directory(cache, **settings)
+    except CoreCacheDirectoryError as diagnosis:
+        return HfCacheDirectoryError(f"cannot download {where}: {diagnosis}", **ids)
+    if isinstance(error, PermissionError) or error.errno in CACHE_ERRNOS:
+        problem = f"{error.filename or cache}: {error.strerror or error}"
+        reason = cache_directory_error(cache, problem, **settings)
+        return HfCacheDirectoryError(f"cannot download {where}: {reason}", **ids)
+    return HfDownloadError(f"cannot download {where}: {error}", **ids)
 
 
 def _handles(request: ModelRequest) -> bool:
@@ -371,7 +406,13 @@ def _resolve(request: ModelRequest) -> Path:
             f"hf_model_id={request.hf_model_id!r} needs hf_filename, the GGUF file (or a glob "
             "such as '*Q4_K_M.gguf') in that repository"
         )
-    return download_gguf(request.hf_model_id, request.hf_filename, request.hf_revision)
+    return download_gguf(
+        request.hf_model_id,
+        request.hf_filename,
+        request.hf_revision,
+        sha256=request.options.get("sha256"),
+        verify=request.verify_file,
+    )
 
 
 HF_SOURCE = ModelSource(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.model_files import require_regular_file, require_sha256
 from serapeum.core.plugins import ModelRequest, ModelSource
 
 __all__ = ["LOCAL_SOURCE", "ModelFileNotFoundError", "path_from_request"]
@@ -45,18 +48,29 @@ def _handles(request: ModelRequest) -> bool:
 def _resolve(request: ModelRequest) -> Path:
     path = path_from_request(request)
     assert path is not None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            hint = ""
+            if not path.is_absolute():
+                hint = f" (relative to {str(Path.cwd())!r})"
+            broken = " (a symbolic link to a missing file)" if path.is_symlink() else ""
+            raise ModelFileNotFoundError(
+                f"model_path {str(path)!r} does not exist{hint}{broken}; give the path to a "
+                "local GGUF file, or use model_url= / hf_model_id= to download one"
+            ) from exc
+    except ValueError:
+        pass  # an embedded NUL byte: require_regular_file names it
     if path.is_dir():
         raise ModelFileNotFoundError(
             f"model_path {str(path)!r} is a directory; point it at the .gguf file inside it"
         )
-    if not path.exists():
-        hint = ""
-        if not path.is_absolute():
-            hint = f" (relative to {str(Path.cwd())!r})"
-        raise ModelFileNotFoundError(
-            f"model_path {str(path)!r} does not exist{hint}; give the path to a local GGUF "
-            "file, or use model_url= / hf_model_id= to download one"
-        )
+    # FIFOs, devices, sockets, symlink loops and unreadable files: named, never opened.
+    require_regular_file(path, what="model_path")
+    sha256 = request.options.get("sha256")
+    if sha256 is not None:  # the user's own file: a mismatch never deletes it
+        require_sha256(path, sha256)
     return path.resolve()
 
 

@@ -7,7 +7,9 @@ import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from serapeum.llama_cpp.cache_dir import cache_dir
+from serapeum.core.cache_dir import cache_dir
+from serapeum.core.redact import redact_url
+from serapeum_source_url.errors import UnsafeCachePathError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DEFAULT_NAME = "model.gguf"
@@ -27,5 +29,7 @@ def cached_path(url: str, root: Path | None = None) -> Path:
     path = base / key / safe_file_name(url)
     # Belt and braces: whatever the URL, the result stays inside the cache directory.
     if not path.resolve().is_relative_to(base.resolve()):
-        raise ValueError(f"refusing to write outside the cache: {path}")
+        raise UnsafeCachePathError(
+            f"refusing to write outside the cache: {redact_url(url)} maps to {path}", url=url
+        )
     return path

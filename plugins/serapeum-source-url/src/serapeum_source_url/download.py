@@ -1,15 +1,29 @@
-"""Download a GGUF model into the cache so that a crash can never leave a bad file there.
+"""Download a GGUF model into the cache so that only a verified, complete file ever lands there.
 
-The bytes go to ``<target>.part`` first; only a complete file whose length, GGUF magic
-bytes and (when given) SHA-256 check out is renamed to ``<target>``, atomically. An
-interrupted download resumes from the ``.part`` file with an HTTP ``Range`` request (or
-starts over when the server ignores ranges). A cross-process file lock makes concurrent
-callers download once and share the result.
+The bytes go to ``<target>.part`` first. Only a complete file that passes every check is
+renamed to ``<target>`` (atomically): its GGUF structure (``serapeum.core.gguf``, which
+also refuses a file cut short with a matching, too-small ``Content-Length``), the
+expected SHA-256 when one is given, and the engine's own check (``verify``, a checked
+load) when the caller passes one. A refused download is deleted; nothing is installed.
+
+An interrupted download resumes from the ``.part`` file with ``Range`` and ``If-Range``:
+the first response's strong ``ETag`` (or ``Last-Modified``) is kept in
+``<target>.part.meta``, so a file that changed on the server in between starts over
+instead of being spliced. Without a validator there is no resume: a partial file
+is started over. Transfers are requested uncompressed (``Accept-Encoding: identity``);
+a server that compresses anyway is decoded, its wire bytes counted against
+``Content-Length``, and never resumed. A cross-process file lock makes concurrent
+callers download once and share the result. A server that cannot be reached at all
+(refused, unknown host) is tried twice, not for minutes; TLS and URL errors not again.
+
+A file already at ``<target>`` is never deleted here: a SHA-256 that does not match it
+raises ``ChecksumMismatchError`` and keeps it (the message says how to remove it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -17,13 +31,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+import urllib3
 from attrs import frozen
 from filelock import FileLock
 
+from serapeum.core.cache_dir import ensure_cache_directory
+from serapeum.core.errors import CacheDirectoryError as CoreCacheDirectoryError
+from serapeum.core.errors import MalformedGGUFError, NotGGUFError, SerapeumError
+from serapeum.core.gguf import check_gguf
+from serapeum.core.redact import redact_logger, redact_text, redact_url
 from serapeum_source_url.errors import (
+    CacheDirectoryError,
     ChecksumMismatchError,
     DownloadError,
     HTTPStatusError,
+    MalformedModelError,
     NotAModelError,
 )
 
@@ -34,8 +56,19 @@ CHUNK_BYTES = 1 << 20  # for hashing
 # what it had buffered, so this bounds what a resume has to fetch twice.
 READ_BYTES = 64 * 1024
 
+# The HTTP client's loggers: their DEBUG lines quote request paths with query strings.
+CLIENT_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.connection",
+    "urllib3.poolmanager",
+    "urllib3.util.retry",
+)
+
 ProgressCallback = Callable[[int, int], None]
 """Called with (bytes downloaded so far, total bytes) as the download advances."""
+
+Verifier = Callable[[Path], None]
+"""The engine's check of a complete file (``ModelRequest.verify_file``); raises to refuse it."""
 
 
 @frozen
@@ -48,8 +81,36 @@ class DownloadSettings:
     backoff_seconds: float = 0.5  # doubled after each failed attempt
 
 
+@frozen
+class _Resume:
+    """What ``<target>.part.meta`` remembers of the response the ``.part`` bytes came from."""
+
+    validator: str  # a strong ETag or a Last-Modified date, sent back as If-Range
+    total: int
+
+
+@frozen
+class _Plan:
+    """How to read one response: the file's size, whether to append, what to remember."""
+
+    total: int
+    append: bool
+    resume: _Resume | None  # None: this transfer cannot be resumed (no validator, compressed)
+    compressed: bool
+    wire_length: int
+
+
+# Attempts at reaching a server that refuses connections or cannot be resolved: a
+# network blip is worth one more try, a wrong host or port is not worth a minute.
+CONNECT_ATTEMPTS = 2
+
+
 class _Transient(Exception):
     """A failure worth retrying (and resuming): dropped connection, timeout, 5xx."""
+
+
+class _Unreachable(_Transient):
+    """No connection could be made (refused, unknown host): retried, but not for long."""
 
 
 def download_model(
@@ -60,28 +121,88 @@ def download_model(
     progress: bool | ProgressCallback | None = None,
     settings: DownloadSettings | None = None,
     session: requests.Session | None = None,
+    verify: Verifier | None = None,
 ) -> Path:
     """Return ``target`` holding the verified model from ``url``, downloading it if needed.
 
     A file already at ``target`` is used without any network request (it was verified
-    before it was put there); with ``sha256`` it is checked again.
+    before it was put there); with ``sha256`` it is checked again, and kept if it does
+    not match. ``verify`` runs on a new download before it is installed.
     """
     settings = settings or DownloadSettings()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    for logger in CLIENT_LOGGERS:
+        redact_logger(logger)
+    _prepare_directory(target.parent, url)
+    lock = FileLock(str(target) + ".lock")
+    try:
+        lock.acquire()
+    except OSError as error:
+        raise _cache_error(target.parent, error, url) from error
+    try:
         if target.exists():
             if sha256 is not None:
-                _check_sha256(target, sha256, url)
+                _check_cached_sha256(target, sha256, url)
             return target
-        part = target.with_name(target.name + ".part")
-        _fetch_with_retries(url, part, settings, session or requests.Session(), progress)
+        part = _part_path(target)
         try:
-            _verify(part, url, sha256)
+            _fetch_with_retries(url, part, settings, session or requests.Session(), progress)
         except DownloadError:
-            part.unlink(missing_ok=True)
             raise
-        os.replace(part, target)
+        except OSError as error:  # writing the .part: disk full, permissions changed...
+            raise _cache_error(part, error, url) from error
+        _install(url, part, target, sha256, verify)
         return target
+    finally:
+        lock.release()
+
+
+def _part_path(target: Path) -> Path:
+    return target.with_name(target.name + ".part")
+
+
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".meta")
+
+
+def _prepare_directory(directory: Path, url: str) -> None:
+    try:
+        ensure_cache_directory(directory)
+    except CoreCacheDirectoryError as error:
+        raise CacheDirectoryError(str(error), url=url) from error
+
+
+def _cache_error(path: Path, error: OSError, url: str) -> CacheDirectoryError:
+    reason = error.strerror or type(error).__name__
+    return CacheDirectoryError(
+        f"cannot write {path} while downloading {redact_url(url)}: {reason}. Set "
+        "SERAPEUM_CACHE_DIR to a writable directory with enough free space (or fix the "
+        "permissions of the cache)",
+        url=url,
+    )
+
+
+def _discard(part: Path) -> None:
+    """Remove what a refused or unusable download left (the bytes and what they came from)."""
+    part.unlink(missing_ok=True)
+    _meta_path(part).unlink(missing_ok=True)
+
+
+def _install(
+    url: str, part: Path, target: Path, sha256: str | None, verify: Verifier | None
+) -> None:
+    """Check the complete ``.part`` file and rename it to ``target``; delete it if refused."""
+    try:
+        _verify(part, url, sha256, verify)
+    except SerapeumError as error:
+        _discard(part)
+        if not isinstance(error, DownloadError):  # the engine's own verdict, kept as raised
+            error.add_note(
+                f"The file downloaded from {redact_url(url)} was refused and deleted; nothing "
+                f"was installed at {target}."
+            )
+        raise
+    os.replace(part, target)
+    _meta_path(part).unlink(missing_ok=True)
 
 
 def _fetch_with_retries(
@@ -92,20 +213,35 @@ def _fetch_with_retries(
     progress: bool | ProgressCallback | None,
 ) -> None:
     failures: list[str] = []
+    unreachable = 0
     for attempt in range(settings.retries + 1):
         try:
             _fetch(url, part, settings, session, progress)
             return
         except _Transient as exc:
             failures.append(str(exc))
+            unreachable = unreachable + 1 if isinstance(exc, _Unreachable) else 0
+            if unreachable >= CONNECT_ATTEMPTS:
+                break
             if attempt < settings.retries:
                 time.sleep(settings.backoff_seconds * 2**attempt)
     raise DownloadError(
-        f"could not download {url} after {settings.retries + 1} attempts ({'; '.join(failures)}). "
-        "Check the URL and your connection; run again to resume from the bytes already "
-        "received",
+        f"could not download {redact_url(url)} after {len(failures)} attempts "
+        f"({'; '.join(failures)}). Check the URL and your connection; run again to resume "
+        "from the bytes already received",
         url=url,
     )
+
+
+# Failures no retry can fix: a malformed URL, a scheme requests cannot fetch, a TLS
+# certificate or protocol problem.
+_PERMANENT: tuple[type[Exception], ...] = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.SSLError,
+)
 
 
 def _fetch(
@@ -116,7 +252,15 @@ def _fetch(
     progress: bool | ProgressCallback | None,
 ) -> None:
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    stored = _read_resume(part) if have else None
+    # Compressed transfers are asked not to happen; a range is asked only with If-Range, so
+    # a file that changed since the .part bytes were received comes back whole (200).
+    headers = {"Accept-Encoding": "identity"}
+    if have and stored is not None:
+        headers["Range"] = f"bytes={have}-"
+        headers["If-Range"] = stored.validator
+    else:
+        have = 0  # nothing to resume from (or no way to tell the file did not change)
     try:
         response = session.get(
             url,
@@ -125,74 +269,146 @@ def _fetch(
             timeout=(settings.connect_timeout, settings.read_timeout),
             allow_redirects=True,
         )
+    except _PERMANENT as exc:
+        raise DownloadError(
+            f"could not download {redact_url(url)}: {redact_text(str(exc))}", url=url
+        ) from None
+    except requests.exceptions.ConnectionError as exc:
+        kind = _Unreachable if _no_connection(exc) else _Transient
+        raise kind(f"could not connect: {redact_text(str(exc))}") from None
     except requests.exceptions.RequestException as exc:
-        raise _Transient(f"could not connect: {exc}") from exc
+        raise _Transient(f"could not connect: {redact_text(str(exc))}") from None
     with response:
-        total, mode = _check_response(response, url, part, have)
-        if mode == "wb":
+        plan = _check_response(response, url, part, have, stored)
+        if not plan.append:
             have = 0
-        report = _progress_reporter(progress, total, have, part.name.removesuffix(".part"))
+        report = _progress_reporter(
+            progress, plan.wire_length if plan.compressed else plan.total, have, part.name
+        )
         try:
-            with part.open(mode) as sink:
+            with part.open("ab" if plan.append else "wb") as sink:
+                if not plan.append:  # the .part is now empty: remember what it will hold
+                    _write_resume(part, plan.resume)
                 for chunk in response.iter_content(READ_BYTES):
                     sink.write(chunk)
                     have += len(chunk)
-                    report(have)
+                    report(response.raw.tell() if plan.compressed else have)
         except requests.exceptions.RequestException as exc:
-            raise _Transient(f"the connection broke after {have} of {total} bytes: {exc}") from exc
+            if plan.compressed:  # a compressed transfer is never resumed
+                _discard(part)
+            raise _Transient(
+                f"the connection broke after {have} of {plan.total} bytes: {redact_text(str(exc))}"
+            ) from None
         finally:
             report(None)
-    if have != total:
-        raise _Transient(f"the server sent {have} of {total} bytes")
+        wire = response.raw.tell()
+    if plan.compressed:
+        if wire != plan.wire_length:
+            _discard(part)
+            raise _Transient(f"the server sent {wire} of {plan.wire_length} compressed bytes")
+    elif have != plan.total:
+        raise _Transient(f"the server sent {have} of {plan.total} bytes")
+
+
+def _no_connection(error: requests.exceptions.ConnectionError) -> bool:
+    """Refused, unknown host or connect timeout (not a connection that broke later)."""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(error.args[0] if error.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _check_response(
-    response: requests.Response, url: str, part: Path, have: int
-) -> tuple[int, str]:
-    """Classify the answer; returns (total size of the file, file mode to write with)."""
+    response: requests.Response, url: str, part: Path, have: int, stored: _Resume | None
+) -> _Plan:
+    """Classify the answer: how big the file is, and whether to append to the ``.part``."""
     status = response.status_code
+    shown = redact_url(url)
     if status == 416:  # our partial file does not fit what the server has now: start over
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise _Transient("the server refused to resume (HTTP 416); starting over")
     if status in (401, 403):
         raise HTTPStatusError(
-            f"{url} answered HTTP {status}: the file needs authorisation or is not shared "
+            f"{shown} answered HTTP {status}: the file needs authorisation or is not shared "
             "publicly; use a URL that is downloadable without logging in",
             url=url,
             status=status,
         )
     if status == 404:
         raise HTTPStatusError(
-            f"{url} answered HTTP 404: no file there; check the URL", url=url, status=status
+            f"{shown} answered HTTP 404: no file there; check the URL", url=url, status=status
         )
     if status == 429 or status >= 500:
         raise _Transient(f"HTTP {status} from the server")
     if status not in (200, 206):
-        raise HTTPStatusError(f"{url} answered HTTP {status}", url=url, status=status)
-    if "text/html" in response.headers.get("Content-Type", "").lower():
+        raise HTTPStatusError(f"{shown} answered HTTP {status}", url=url, status=status)
+    headers = response.headers
+    if "text/html" in headers.get("Content-Type", "").lower():
         raise NotAModelError(
-            f"{url} sent an HTML page, not a model file (a login or error page?); use the "
+            f"{shown} sent an HTML page, not a model file (a login or error page?); use the "
             "direct download link of the .gguf file",
             url=url,
         )
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    compressed = encoding not in ("", "identity")
+    validator = _validator(headers)
+    length = headers.get("Content-Length", "")
     if status == 206:
-        start, total = _content_range(response.headers.get("Content-Range", ""))
+        start, total = _content_range(headers.get("Content-Range", ""))
+        if compressed or stored is None:
+            _discard(part)
+            raise _Transient("the server resumed a transfer it cannot resume; starting over")
         if start != have:
-            part.unlink(missing_ok=True)
+            _discard(part)
             raise _Transient(f"the server resumed at byte {start}, not {have}; starting over")
-        mode = "ab"
-    else:  # 200: the whole file (a server without Range support restarts from zero)
-        length = response.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise NotAModelError(
-                f"{url} gave no Content-Length, so a complete download cannot be told from a "
-                "cut-off one; use a server or mirror that sends the file size",
-                url=url,
+        if total != stored.total or (validator is not None and validator != stored.validator):
+            # A server that ignored If-Range: these bytes are from another version of the file.
+            _discard(part)
+            raise _Transient(
+                "the file changed on the server since the download began; starting over"
             )
-        total, mode = int(length), "wb"
-    if total < MIN_MODEL_BYTES:
-        raise NotAModelError(f"{url} is only {total} bytes: too small to be a model", url=url)
-    return total, mode
+        wire = int(length) if length.isdigit() else total - start
+        return _Plan(total, append=True, resume=stored, compressed=False, wire_length=wire)
+    # 200: the whole file (also the answer to If-Range when the file changed)
+    if not length.isdigit():
+        raise NotAModelError(
+            f"{shown} gave no Content-Length, so a complete download cannot be told from a "
+            "cut-off one; use a server or mirror that sends the file size",
+            url=url,
+        )
+    wire = int(length)
+    if compressed:
+        # The size of the decoded file is unknown until the end; the wire bytes are checked.
+        return _Plan(0, append=False, resume=None, compressed=True, wire_length=wire)
+    if wire < MIN_MODEL_BYTES:
+        raise NotAModelError(f"{shown} is only {wire} bytes: too small to be a model", url=url)
+    resume = _Resume(validator, wire) if validator is not None else None
+    return _Plan(wire, append=False, resume=resume, compressed=False, wire_length=wire)
+
+
+def _validator(headers: requests.structures.CaseInsensitiveDict[str]) -> str | None:
+    """A strong ETag, else Last-Modified: what If-Range may carry. None when neither is sent."""
+    etag = headers.get("ETag", "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified", "").strip() or None
+
+
+def _read_resume(part: Path) -> _Resume | None:
+    try:
+        data = json.loads(_meta_path(part).read_text(encoding="utf-8"))
+        return _Resume(validator=str(data["validator"]), total=int(data["total"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none, unreadable or torn: the .part cannot be trusted to resume
+
+
+def _write_resume(part: Path, resume: _Resume | None) -> None:
+    meta = _meta_path(part)
+    if resume is None:
+        meta.unlink(missing_ok=True)
+        return
+    data = {"validator": resume.validator, "total": resume.total}
+    meta.write_text(json.dumps(data), encoding="utf-8")
 
 
 def _content_range(header: str) -> tuple[int, int]:
@@ -204,36 +420,80 @@ def _content_range(header: str) -> tuple[int, int]:
         if unit != "bytes":
             raise ValueError(unit)
         return start, int(total)
-    except ValueError as exc:
-        raise _Transient(f"unreadable Content-Range {header!r}") from exc
+    except ValueError:
+        raise _Transient(f"unreadable Content-Range {header!r}") from None
 
 
-def _verify(part: Path, url: str, sha256: str | None) -> None:
+def _verify(part: Path, url: str, sha256: str | None, verify: Verifier | None) -> None:
+    """Cheapest first: the magic bytes, the GGUF structure, the SHA-256, the engine's load."""
+    shown = redact_url(url)
     with part.open("rb") as handle:
         head = handle.read(len(GGUF_MAGIC))
     if head != GGUF_MAGIC:
         raise NotAModelError(
-            f"{url} did not send a GGUF model (it starts with {head!r}); use the direct link "
+            f"{shown} did not send a GGUF model (it starts with {head!r}); use the direct link "
             "to a .gguf file",
             url=url,
         )
+    try:
+        check_gguf(part)
+    except MalformedGGUFError as error:
+        raise MalformedModelError(
+            f"{shown} sent a broken GGUF file ({error.problem}); it was deleted and nothing "
+            "was installed. If the transfer was cut short, run again; if it happens again, "
+            "the file on the server is damaged",
+            url=url,
+            path=str(part),
+            problem=error.problem,
+        ) from error
+    except NotGGUFError as error:
+        raise NotAModelError(
+            f"{shown} did not send a GGUF model ({error}); use the direct link to a .gguf file",
+            url=url,
+        ) from error
     if sha256 is not None:
-        _check_sha256(part, sha256, url)
+        actual = file_sha256(part)
+        expected = sha256.strip().lower()
+        if actual != expected:
+            raise ChecksumMismatchError(
+                f"the file from {shown} has SHA-256 {actual}, not the expected {expected}; the "
+                "download was deleted and nothing was installed. Check the checksum, or whether "
+                "the URL now serves a different file",
+                url=url,
+                path=str(part),
+                expected=expected,
+                actual=actual,
+                kept=False,
+            )
+    if verify is not None:
+        verify(part)
 
 
-def _check_sha256(path: Path, expected: str, url: str) -> None:
+def _check_cached_sha256(target: Path, expected: str, url: str) -> None:
+    """A cached file that does not match is kept: a typo must never cost a re-download."""
+    actual = file_sha256(target)
+    expected = expected.strip().lower()
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"the cached file {target} (downloaded from {redact_url(url)}) has SHA-256 "
+            f"{actual}, not the expected {expected}. The file was kept: check the expected "
+            f"checksum for a typo. If the file really is wrong, delete it ({target}) and "
+            "run again to download it anew",
+            url=url,
+            path=str(target),
+            expected=expected,
+            actual=actual,
+            kept=True,
+        )
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, as 64 lowercase hexadecimal digits."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(CHUNK_BYTES):
             digest.update(block)
-    actual = digest.hexdigest()
-    if actual != expected.strip().lower():
-        path.unlink(missing_ok=True)
-        raise ChecksumMismatchError(
-            f"the file from {url} has SHA-256 {actual}, not the expected {expected}; it was "
-            "deleted. Check the checksum, or whether the URL now serves a different file",
-            url=url,
-        )
+    return digest.hexdigest()
 
 
 def _progress_reporter(
@@ -259,7 +519,7 @@ def _progress_reporter(
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        desc=name,
+        desc=name.removesuffix(".part"),
         file=sys.stderr,
         leave=True,
     )

@@ -22,6 +22,7 @@ def _resolve(request: ModelRequest) -> Path:
         cached_path(url),
         sha256=request.options.get("sha256"),
         progress=request.options.get("progress"),
+        verify=request.verify_file,
     )
 
 

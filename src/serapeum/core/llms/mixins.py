@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, Protocol, cast, overload
 
+from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.types import (
     ChatResponse,
     ChatResponseAsyncGen,
@@ -16,7 +17,7 @@ from serapeum.core.llms.types import (
     MessageRole,
 )
 
-__all__ = ["CompletionToChatMixin"]
+__all__ = ["CompletionToChatMixin", "check_messages"]
 
 
 class _CompletingLLM(Protocol):
@@ -64,6 +65,34 @@ async def _achat_stream(completions: CompletionResponseAsyncGen) -> ChatResponse
             await aclose()
 
 
+def check_messages(messages: Any) -> None:
+    """Refuse, with a message that says what to pass, anything but a list of ``Message``.
+
+    Also refuses message text with an unpaired surrogate (UTF-8 cannot encode it, so no
+    tokenizer can take it), naming the message and the index.
+    """
+    if isinstance(messages, str | bytes | Message) or not isinstance(messages, Sequence):
+        raise ConfigurationError(
+            "messages must be a list of serapeum Message objects, e.g. "
+            f"[Message.user('hello')]; got {type(messages).__name__} {messages!r:.100}"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, Message):
+            raise ConfigurationError(
+                f"messages[{index}] must be a serapeum Message, e.g. Message.user('hello') or "
+                f"Message(role='user', content='hello'); got {type(message).__name__} "
+                f"{message!r:.100}"
+            )
+        try:
+            message.content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigurationError(
+                f"messages[{index}].content has an unpaired surrogate "
+                f"{message.content[exc.start]!r} at index {exc.start}, which is not text UTF-8 "
+                "can encode; remove it or decode the source bytes with errors='replace'"
+            ) from None
+
+
 class CompletionToChatMixin:
     """Gives a completion LLM ``chat``/``achat``: ``format_messages`` then ``complete``."""
 
@@ -84,6 +113,7 @@ class CompletionToChatMixin:
     def chat(
         self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
     ) -> ChatResponse | ChatResponseGen:
+        check_messages(messages)
         llm = cast(_CompletingLLM, self)
         prompt = llm.format_messages(messages)
         if stream:
@@ -111,6 +141,7 @@ class CompletionToChatMixin:
     async def achat(
         self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
     ) -> ChatResponse | ChatResponseAsyncGen:
+        check_messages(messages)
         llm = cast(_CompletingLLM, self)
         prompt = llm.format_messages(messages)
         if stream:

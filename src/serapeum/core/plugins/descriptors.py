@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 
+from serapeum.core.redact import redact_url
+
 if TYPE_CHECKING:
     from serapeum.core.llms.types import Message
     from serapeum.core.plugins.backend_api import LoadedModel
@@ -22,6 +24,10 @@ def _names(values: Sequence[str] | str) -> tuple[str, ...]:
 
 def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(value or {}))
+
+
+def _redacted(url: str | None) -> str:
+    return repr(None if url is None else redact_url(url))
 
 
 def _non_empty(_instance: object, attribute: Any, value: str) -> None:
@@ -81,14 +87,27 @@ class ModelRequest:
 
     Exactly one of ``model_path``, ``model_url`` and ``hf_model_id`` is set.
     ``options`` carries source-specific settings (for example a checksum).
+
+    ``verify(path)`` is the engine's check of a model file (its GGUF structure and, for a
+    file seen for the first time, a checked load in a child process). A source that
+    installs files in a cache calls it on the complete download *before* installing it,
+    so a cache never holds a file that cannot load; it raises (a ``SerapeumError``) to
+    refuse the file. Sources that only point at existing files need not call it: the
+    engine checks what they return.
     """
 
     model_path: str | None = None
-    model_url: str | None = None
+    model_url: str | None = field(default=None, repr=_redacted)
     hf_model_id: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
     options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
+    verify: Callable[[Path], None] | None = field(default=None, eq=False, repr=False)
+
+    def verify_file(self, path: Path) -> None:
+        """Run the engine's check on ``path`` (nothing when the request carries none)."""
+        if self.verify is not None:
+            self.verify(path)
 
     @property
     def kind(self) -> str:
@@ -103,7 +122,7 @@ class ModelRequest:
         if self.hf_model_id is not None:
             return f"hf_model_id={self.hf_model_id!r}, hf_filename={self.hf_filename!r}"
         if self.model_url is not None:
-            return f"model_url={self.model_url!r}"
+            return f"model_url={redact_url(self.model_url)!r}"
         return f"model_path={self.model_path!r}"
 
 

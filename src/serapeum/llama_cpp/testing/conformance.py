@@ -21,6 +21,7 @@ from pathlib import Path
 
 from attrs import frozen
 
+from serapeum.core.errors import SerapeumError
 from serapeum.core.llms import Message
 from serapeum.core.plugins import ModelRequest, ModelSource, PluginHost, PromptFormatter
 from serapeum.llama_cpp.testing.tiny_model import SPECIAL_TOKENS, TinyModelSpec, build_tiny_gguf
@@ -29,7 +30,7 @@ SYSTEM = "KIT-SYSTEM-7d1"
 TURNS = ("KIT-USER-ONE", "KIT-ANSWER-ONE", "KIT-USER-TWO")
 
 
-class ConformanceError(AssertionError):
+class ConformanceError(SerapeumError, AssertionError):
     """A formatter breaks a rule every prompt format must keep."""
 
 

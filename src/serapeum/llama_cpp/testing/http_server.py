@@ -1,12 +1,17 @@
 """A real HTTP server on 127.0.0.1 for download tests: Range support and switchable faults.
 
 Serve bytes at a path with a ``Behaviour`` (status, Range support, a dropped connection, a
-false Content-Length, 500s before success, a slow body, a redirect) and read the request
-log afterwards. ``start_loopback_server()`` returns it running; ``stop()`` ends it.
+false Content-Length, 500s before success, a slow body, a redirect, validators and
+``If-Range``, a file that changes after a dropped connection, a gzip-compressed body
+whatever the client accepts) and read the request log afterwards.
+``start_loopback_server()`` returns it running; ``stop()`` ends it. Paths are matched
+without their query string (``/m.gguf?token=x`` is served what ``/m.gguf`` is).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import re
 import socket
 import threading
@@ -31,6 +36,12 @@ class Behaviour:
     fail_times: int = 0  # answer 500 this many times first
     delay_per_chunk: float = 0.0
     redirect_to: str | None = None
+    # Validators: "auto" is a strong ETag made from the current bytes; None sends none.
+    etag: str | None = "auto"
+    last_modified: str | None = None
+    honour_if_range: bool = True  # False: a broken server that resumes whatever If-Range says
+    change_to: bytes | None = None  # after the first dropped connection, serve these bytes
+    gzip: bool = False  # Content-Encoding: gzip whatever Accept-Encoding says (no ranges)
 
 
 @dataclass
@@ -40,6 +51,10 @@ class Record:
     range: str | None
     status: int
     body_bytes: int = 0
+    query: str = ""
+    if_range: str | None = None
+    accept_encoding: str | None = None
+    content_encoding: str | None = None
 
 
 @dataclass
@@ -73,9 +88,17 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:
-            path = self.path
+            path, _, query = self.path.partition("?")
             behaviour = server.behaviours.get(path, Behaviour(status=404))
-            record = Record("GET", path, self.headers.get("Range"), behaviour.status)
+            record = Record(
+                "GET",
+                path,
+                self.headers.get("Range"),
+                behaviour.status,
+                query=query,
+                if_range=self.headers.get("If-Range"),
+                accept_encoding=self.headers.get("Accept-Encoding"),
+            )
             server.log.append(record)
             if behaviour.redirect_to:
                 record.status = 302
@@ -93,9 +116,19 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self._send_body(behaviour.status, b"<html>nope</html>", "text/html")
                 return
             body = server.files[path]
+            etag = _etag(behaviour, body)
+            if behaviour.gzip:
+                body = gzip.compress(body, mtime=0)
+                record.content_encoding = "gzip"
             start = 0
             match = re.fullmatch(r"bytes=(\d+)-", record.range or "")
-            if match and behaviour.ranges:
+            if_range = record.if_range
+            honoured = (
+                if_range is None
+                or not behaviour.honour_if_range
+                or (if_range in (etag, behaviour.last_modified) and not if_range.startswith("W/"))
+            )
+            if match and behaviour.ranges and not behaviour.gzip and honoured:
                 start = int(match.group(1))
                 if start >= len(body):
                     record.status = 416
@@ -105,6 +138,7 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(206)
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
             else:
+                record.status = 200
                 self.send_response(200)
             length = len(body) - start
             if behaviour.claimed_length is not None and behaviour.claim_times > 0:
@@ -112,6 +146,12 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
                 length = behaviour.claimed_length - start
             self.send_header("Content-Type", behaviour.content_type)
             self.send_header("Content-Length", str(length))
+            if behaviour.gzip:
+                self.send_header("Content-Encoding", "gzip")
+            if etag is not None:
+                self.send_header("ETag", etag)
+            if behaviour.last_modified is not None:
+                self.send_header("Last-Modified", behaviour.last_modified)
             if behaviour.ranges:
                 self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
@@ -119,6 +159,8 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             if behaviour.drop_after is not None and behaviour.drop_times > 0:
                 behaviour.drop_times -= 1
                 limit = min(limit, start + behaviour.drop_after)
+                if behaviour.change_to is not None:  # the file is replaced while we send
+                    server.files[path], behaviour.change_to = behaviour.change_to, None
             position = start
             try:
                 while position < limit:
@@ -143,6 +185,12 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
     return Handler
+
+
+def _etag(behaviour: Behaviour, body: bytes) -> str | None:
+    if behaviour.etag == "auto":
+        return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return behaviour.etag
 
 
 def start_loopback_server() -> LoopbackServer:

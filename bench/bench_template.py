@@ -112,18 +112,18 @@ def per_render_us(
 def budget_used(render: Callable[..., str], messages: list[Message]) -> Any:
     """The bounded render's budget after one render (steps, characters created, limits)."""
     seen: list[Any] = []
-    original = chat_template._Budget
+    original = chat_template.Budget
 
     class Recorded(original):  # type: ignore[misc,valid-type]
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
             seen.append(self)
 
-    chat_template._Budget = Recorded  # type: ignore[misc]
+    chat_template.Budget = Recorded  # type: ignore[misc]
     try:
         render(messages)
     finally:
-        chat_template._Budget = original  # type: ignore[misc]
+        chat_template.Budget = original  # type: ignore[misc]
     return seen[-1]
 
 

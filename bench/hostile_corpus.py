@@ -81,7 +81,7 @@ def _mutated_files(tiny: Path, folder: Path, smoke: bool) -> list[dict[str, str]
     data = tiny.read_bytes()
     reader = gguf.GGUFReader(str(tiny))
     header_end = int(reader.data_offset)
-    step = 97 if smoke else 1
+    step = 97 if smoke else 11
     for offset in range(0, header_end, step):
         for value in (0xFF, 0x00, 0x7F):
             if data[offset] == value:

@@ -188,3 +188,22 @@ def test_unknown_generation_option_is_refused_before_generation(tiny_llm: LlamaC
     with pytest.raises(ConfigurationError, match="echo"):
         tiny_llm.complete("hi", echo=True)
     assert not tiny_llm.loaded_model.lock.locked()
+
+
+def test_a_context_window_the_machine_cannot_hold_is_refused_before_loading(
+    tiny_model_path: Path,
+) -> None:
+    # 10**9 tokens x 512 bytes of KV cache each: llama.cpp would try to allocate ~500 GB.
+    with pytest.raises(ConfigurationError, match="KV cache") as caught:
+        LlamaCPP(model_path=str(tiny_model_path), formatter="llama2", context_window=10**9)
+    assert "use at most" in str(caught.value)
+
+
+def test_the_context_memory_bound_uses_the_files_shape(tiny_model_path: Path) -> None:
+    from serapeum.llama_cpp.gguf_file import require_context_fits, require_gguf
+
+    checked = require_gguf(tiny_model_path)
+    assert checked.kv_bytes_per_token == 2 * 4 * (16 + 16) * 2  # layers x kv heads x dims x f16
+    require_context_fits(checked, 4096, memory=4096 * 512)
+    with pytest.raises(ConfigurationError):
+        require_context_fits(checked, 4097, memory=4096 * 512)

@@ -104,12 +104,13 @@ def test_bad_generation_option_is_refused_before_the_lock(
 
 
 def test_bad_generation_option_in_generate_kwargs_is_refused(tiny_llm: LlamaCPP) -> None:
-    llm = LlamaCPP(
-        model_path=tiny_llm.model_path,
-        formatter="llama2",
-        generate_kwargs={"top_p": math.nan},
-    )
-    _refused(ConfigurationError, "top_p must be a number", lambda: llm.complete("hi"))
+    # Refused at construction now, not at the first call.
+    with pytest.raises(ConfigurationError, match="top_p must be a number"):
+        LlamaCPP(
+            model_path=tiny_llm.model_path,
+            formatter="llama2",
+            generate_kwargs={"top_p": math.nan},
+        )
     with pytest.raises(ConfigurationError, match="stop must be a str"):
         LlamaCPP(model_path=tiny_llm.model_path, formatter="llama2", generate_kwargs={"stop": 1})
 
@@ -565,3 +566,26 @@ def test_a_token_with_invalid_utf8_is_not_an_error(invalid_utf8_model_path: Path
     answer = llm.complete("hi", max_new_tokens=2, logits_processor=force, logprobs=1)
     assert answer.text == " hell\ufffd hell\ufffd"
     assert llm.chat([Message.user("hello")], max_new_tokens=2).message.content is not None
+
+
+def test_generate_kwargs_are_checked_at_construction(tiny_model_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="top_p"):
+        LlamaCPP(
+            model_path=str(tiny_model_path),
+            formatter="llama2",
+            generate_kwargs={"top_p": float("nan")},
+        )
+    with pytest.raises(ConfigurationError, match="logit_bias"):
+        LlamaCPP(
+            model_path=str(tiny_model_path),
+            formatter="llama2",
+            generate_kwargs={"logit_bias": {10**6: 1.0}},
+        )
+
+
+def test_a_wrong_type_is_also_a_type_error(tiny_model_path: Path) -> None:
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2")
+    with pytest.raises(TypeError):
+        llm.complete(b"hi")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        llm.chat(["hello"])  # type: ignore[list-item]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = [
+    "ArgumentTypeError",
     "CacheDirectoryError",
     "ChecksumMismatchError",
     "ConfigurationError",
@@ -38,6 +39,11 @@ class ConfigurationError(SerapeumError, ValueError):
     Subclasses ``ValueError`` because the seed API raised ``ValueError`` for
     configuration problems; existing ``except ValueError`` code keeps working.
     """
+
+
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument has the wrong type (a prompt that is not a str, messages that are not
+    ``Message`` objects...). Also a ``TypeError``, as Python's own type errors are."""
 
 
 # -- model files ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from attrs import frozen
 from serapeum.core.errors import MalformedGGUFError, ModelFileError, NotGGUFError
 
 __all__ = [
+    "CHECK_VERSION",
     "GGML_TYPES",
     "GGUF_MAGIC",
     "GGUFSummary",
@@ -148,6 +149,7 @@ class GGUFSummary:
     alignment: int = GGUF_DEFAULT_ALIGNMENT
     header_size: int = 0
     tokenizer_model: str | None = None
+    kv_bytes_per_token: int | None = None  # f16 KV cache per token of context (upper bound)
 
 
 class _Problem(Exception):
@@ -199,7 +201,12 @@ def _remember(key: tuple[Any, ...], verdict: GGUFSummary | tuple[str, str]) -> N
 
 
 def _identity(real: str, info: os.stat_result) -> tuple[Any, ...]:
-    return (real, info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
+    """The file, not its name: a download checked as ``.part`` and renamed is not re-read."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+# Bump when the check refuses more (or less): verdicts recorded by older checks then lapse.
+CHECK_VERSION = 1
 
 
 # -- the entry point ----------------------------------------------------------------------
@@ -422,7 +429,40 @@ def _check(buf: bytes, file_size: int, complete: bool) -> GGUFSummary:
         alignment=alignment,
         header_size=header_size,
         tokenizer_model=tokenizer_model,
+        kv_bytes_per_token=_kv_bytes_per_token(values, arrays, architecture, block_count, buf),
     )
+
+
+def _kv_bytes_per_token(
+    values: dict[str, Any],
+    arrays: dict[str, _ArrayInfo],
+    arch: str | None,
+    block_count: int | None,
+    buf: bytes,
+) -> int | None:
+    """Bytes of KV cache one token of context takes with llama.cpp's default f16 cache.
+
+    An upper bound (sliding-window layers take less), for refusing a context window the
+    machine cannot hold before llama.cpp tries to allocate it. None where the file does
+    not say enough.
+    """
+    if arch is None or not block_count:
+        return None
+    try:
+        embedding = _integer(values, f"{arch}.embedding_length", "embedding length")
+        heads = _integers(values, arrays, f"{arch}.attention.head_count", buf)
+        kv_heads = _integers(values, arrays, f"{arch}.attention.head_count_kv", buf) or heads
+        key_length = _integer(values, f"{arch}.attention.key_length", "key length")
+        value_length = _integer(values, f"{arch}.attention.value_length", "value length")
+    except _Problem:
+        return None
+    if not heads or not embedding or max(heads) <= 0:
+        return None
+    head_dim = embedding // max(heads)
+    per_layer_heads = max(max(kv_heads), 0)
+    k = key_length if key_length else head_dim
+    vdim = value_length if value_length else head_dim
+    return block_count * per_layer_heads * (k + vdim) * 2
 
 
 def _check_version(version: int) -> None:
@@ -732,7 +772,8 @@ def _check_hparams(
         raise _Problem("bad block count", f"{key!r} is an array; llama.cpp needs one u32")
     block_count = _integer(values, key, "block count")
     if block_count is not None:
-        _check_block_count(key, block_count, tensors)
+        split = _integer(values, "split.count", "split count") or 1
+        _check_block_count(key, block_count, tensors, split=split > 1)
         layers = block_count
         nextn = _integer(values, f"{arch}.nextn_predict_layers", "nextn layer count")
         if nextn is not None and not 0 <= nextn <= layers:
@@ -758,7 +799,14 @@ def _check_hparams(
     return block_count
 
 
-def _check_block_count(key: str, block_count: int, tensors: list[_Tensor]) -> None:
+def _check_block_count(
+    key: str, block_count: int, tensors: list[_Tensor], *, split: bool = False
+) -> None:
+    """1 to 512 blocks (llama.cpp asserts), agreeing with the ``blk.N`` tensors present.
+
+    One shard of a split model (``split.count`` > 1) holds only some blocks' tensors, so
+    there only "no tensor of a block beyond the count" is required.
+    """
     if not 1 <= block_count <= LLAMA_MAX_LAYERS:
         raise _Problem(
             "bad block count",
@@ -777,7 +825,7 @@ def _check_block_count(key: str, block_count: int, tensors: list[_Tensor]) -> No
             f"{key!r} is {block_count} but the file has tensors of block {highest} "
             f"(blk.{highest}.*), so it has at least {highest + 1} blocks",
         )
-    if highest >= 0 and block_count > highest + 1:
+    if not split and highest >= 0 and block_count > highest + 1:
         raise _Problem(
             "bad block count",
             f"{key!r} is {block_count} but the file has tensors for blocks 0 to {highest} only",

@@ -12,7 +12,6 @@ Run as ``python -m serapeum.llama_cpp.checked_load PATH``, this module is the ch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from typing import Any
 
 from attrs import frozen
 
-from serapeum.core.cache_dir import cache_dir
 from serapeum.core.model_files import file_identity, require_regular_file
 from serapeum.llama_cpp.errors import ModelLoadError, UnsafeModelError
+from serapeum.llama_cpp.verdicts import VerdictStore
 
 __all__ = ["PROBE_TIMEOUT_ENV", "Verdict", "checked_load", "forget_verdicts"]
 
@@ -65,34 +64,27 @@ def _llama_cpp_version() -> str:
         return "unknown"
 
 
-def _verdict_file(identity: tuple[int, int, int, int]) -> Path:
-    key = json.dumps([_PROBE_VERSION, _llama_cpp_version(), *identity])
-    name = hashlib.sha256(key.encode()).hexdigest()[:40]
-    return cache_dir() / "checked-loads" / f"{name}.json"
+_STORE = VerdictStore(
+    "checked-loads", f"probe {_PROBE_VERSION}, llama-cpp-python {_llama_cpp_version()}"
+)
 
 
 def _read_verdict(identity: tuple[int, int, int, int]) -> Verdict | None:
+    data = _STORE.get(identity)
     try:
-        data = json.loads(_verdict_file(identity).read_text())
-        return Verdict(
-            ok=bool(data["ok"]), crashed=bool(data["crashed"]), detail=str(data["detail"])
+        return (
+            None
+            if data is None
+            else Verdict(
+                ok=bool(data["ok"]), crashed=bool(data["crashed"]), detail=str(data["detail"])
+            )
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except KeyError:
         return None
 
 
 def _write_verdict(identity: tuple[int, int, int, int], verdict: Verdict) -> None:
-    """Best effort: an unwritable cache only means the probe runs again next time."""
-    target = _verdict_file(identity)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        temporary.write_text(
-            json.dumps({"ok": verdict.ok, "crashed": verdict.crashed, "detail": verdict.detail})
-        )
-        os.replace(temporary, target)
-    except OSError as exc:
-        logger.debug("could not record the checked-load verdict in %s: %s", target, exc)
+    _STORE.put(identity, {"ok": verdict.ok, "crashed": verdict.crashed, "detail": verdict.detail})
 
 
 def _timeout() -> float:
@@ -109,9 +101,13 @@ def _last_line(text: str) -> str:
 
 def _probe(path: Path, timeout: float) -> Verdict:
     command = [sys.executable, "-m", "serapeum.llama_cpp.checked_load", str(path)]
+    # ggml attaches gdb to print a backtrace when it aborts, if gdb is installed: seconds
+    # per crash, for a report nobody reads here.
+    environment = {**os.environ, "GGML_NO_BACKTRACE": "1"}
     try:
         child = subprocess.run(
             command,
+            env=environment,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,

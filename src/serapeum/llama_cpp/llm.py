@@ -14,7 +14,7 @@ from typing import Any, Literal, overload
 from attrs import define, evolve, field
 
 from serapeum.core.cancellation import CancelToken
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.errors import ArgumentTypeError, ConfigurationError
 from serapeum.core.llms import (
     LLM,
     CompletionResponse,
@@ -45,7 +45,7 @@ from serapeum.llama_cpp.formatting import (
     detect_formatter,
     explicit_choice,
 )
-from serapeum.llama_cpp.gguf_file import require_gguf, verify_model_file
+from serapeum.llama_cpp.gguf_file import require_context_fits, require_gguf, verify_model_file
 from serapeum.llama_cpp.load_options import MAX_CONTEXT, check_load_options
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
@@ -108,7 +108,7 @@ def _stop_list(value: str | Sequence[str] | None) -> list[str]:
         isinstance(item, str) for item in value
     ):
         return list(value)
-    raise ConfigurationError(f"stop must be a str or a list of str, got {value!r:.200}")
+    raise ArgumentTypeError(f"stop must be a str or a list of str, got {value!r:.200}")
 
 
 def _check_text(text: str, what: str) -> None:
@@ -125,7 +125,7 @@ def _check_text(text: str, what: str) -> None:
 
 def _check_cancel(value: Any) -> None:
     if value is not None and not isinstance(value, CancelToken):
-        raise ConfigurationError(
+        raise ArgumentTypeError(
             f"cancel must be a serapeum.core.CancelToken or None, got {value!r:.200}"
         )
 
@@ -134,7 +134,7 @@ def _check_system_prompt(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str):
-        raise ConfigurationError(
+        raise ArgumentTypeError(
             f"system_prompt must be a str or None, got {type(value).__name__} {value!r:.100}"
         )
     _check_text(value, "system_prompt")
@@ -147,7 +147,7 @@ def _check_flag(_instance: Any, attribute: Any, value: Any) -> None:
 
 def _check_optional_callable(_instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and not callable(value):
-        raise ConfigurationError(f"{attribute.name} must be a function or None, got {value!r:.100}")
+        raise ArgumentTypeError(f"{attribute.name} must be a function or None, got {value!r:.100}")
 
 
 def _check_progress(_instance: Any, _attribute: Any, value: Any) -> None:
@@ -292,7 +292,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             self._formatter_reason = "chosen by the caller"
         backend = host.backends.entry(self.backend)
         path = resolve_model(request, host)
-        require_gguf(path)  # whatever the source: structure first, then the checksum
+        checked = require_gguf(path)  # whatever the source: structure first, then the checksum
         if self.model_sha256 is not None:
             require_sha256(path, self.model_sha256)
         options = {
@@ -301,6 +301,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             "verbose": self.verbose,
             **self.model_kwargs,
         }
+        require_context_fits(checked, int(options.get("n_ctx") or 0))
         key = cache_key(backend.item.name, path, options)
         self._model = MODEL_CACHE.get_or_load(key, lambda: self._load(backend.item, path, options))
         self._resolved_path = path
@@ -312,6 +313,9 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if not explicit:
             detected, self._formatter_reason = detect_formatter(self._model.info, host)
             self._writer = self._prompt_writer(detected, host)
+        # generate_kwargs are every call's options: check them all now (ranges, vocabulary
+        # bounds, schemas), not at the first call.
+        self._build_request(" ", True, {})
         logger.info(
             "%s: prompt format %r, %s",
             path.name,
@@ -402,7 +406,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
     ) -> GenerationRequest:
         if not isinstance(prompt, str):
-            raise ConfigurationError(f"prompt must be a str, got {type(prompt).__name__}")
+            raise ArgumentTypeError(f"prompt must be a str, got {type(prompt).__name__}")
         _check_text(prompt, "the prompt")
         settings: dict[str, Any] = {
             "temperature": self.temperature,

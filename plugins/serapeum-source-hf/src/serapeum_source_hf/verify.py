@@ -10,7 +10,6 @@ another program or an earlier run put in the shared cache is never deleted.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import TypedDict
@@ -21,13 +20,12 @@ from huggingface_hub.file_download import REGEX_SHA256, repo_folder_name
 
 from serapeum.core.errors import MalformedGGUFError, NotGGUFError
 from serapeum.core.gguf import check_gguf
+from serapeum.core.model_files import sha256_of
 from serapeum_source_hf.errors import (
     HfChecksumMismatchError,
     HfMalformedModelError,
     HfNotAModelError,
 )
-
-CHUNK_BYTES = 1 << 20
 
 
 class Where(TypedDict):
@@ -124,11 +122,8 @@ def known_sha256(added: Added) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hashed once per file identity (the engine's ``model_sha256`` check reuses it)."""
+    return sha256_of(path)
 
 
 def check_structure(added: Added, where: str, ids: Where) -> None:

@@ -22,7 +22,6 @@ raises ``ChecksumMismatchError`` and keeps it (the message says how to remove it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ from serapeum.core.cache_dir import ensure_cache_directory
 from serapeum.core.errors import CacheDirectoryError as CoreCacheDirectoryError
 from serapeum.core.errors import MalformedGGUFError, NotGGUFError, SerapeumError
 from serapeum.core.gguf import check_gguf
+from serapeum.core.model_files import sha256_of
 from serapeum.core.redact import redact_logger, redact_text, redact_url
 from serapeum_source_url.errors import (
     CacheDirectoryError,
@@ -51,7 +51,6 @@ from serapeum_source_url.errors import (
 
 GGUF_MAGIC = b"GGUF"
 MIN_MODEL_BYTES = 64  # a GGUF header alone is larger than anything below this
-CHUNK_BYTES = 1 << 20  # for hashing
 # Bytes read from the network at a time. A read cut off by a dropped connection loses
 # what it had buffered, so this bounds what a resume has to fetch twice.
 READ_BYTES = 64 * 1024
@@ -488,12 +487,9 @@ def _check_cached_sha256(target: Path, expected: str, url: str) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, as 64 lowercase hexadecimal digits."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
+    """The SHA-256 of a file, as 64 lowercase hexadecimal digits (hashed once per file
+    identity, shared with the engine's own check of ``model_sha256``)."""
+    return sha256_of(path)
 
 
 def _progress_reporter(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Literal, Protocol, cast, overload
 
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.errors import ArgumentTypeError, ConfigurationError
 from serapeum.core.llms.types import (
     ChatResponse,
     ChatResponseAsyncGen,
@@ -72,13 +72,13 @@ def check_messages(messages: Any) -> None:
     tokenizer can take it), naming the message and the index.
     """
     if isinstance(messages, str | bytes | Message) or not isinstance(messages, Sequence):
-        raise ConfigurationError(
+        raise ArgumentTypeError(
             "messages must be a list of serapeum Message objects, e.g. "
             f"[Message.user('hello')]; got {type(messages).__name__} {messages!r:.100}"
         )
     for index, message in enumerate(messages):
         if not isinstance(message, Message):
-            raise ConfigurationError(
+            raise ArgumentTypeError(
                 f"messages[{index}] must be a serapeum Message, e.g. Message.user('hello') or "
                 f"Message(role='user', content='hello'); got {type(message).__name__} "
                 f"{message!r:.100}"

@@ -334,8 +334,12 @@ def main() -> int:
     print(section)
     if args.write:
         existing = REPORT.read_text() if REPORT.exists() else ""
-        head = existing.split(SECTION)[0].rstrip() + "\n\n" if existing else ""
-        REPORT.write_text(head + section)
+        head, _, rest = existing.partition(SECTION)
+        head = head.rstrip() + "\n\n" if head.strip() else ""
+        # Keep the sections that follow this one (the next "## " heading onwards).
+        after = rest.find("\n## ")
+        tail = "\n" + rest[after + 1 :] if rest and after >= 0 else ""
+        REPORT.write_text(head + section + tail)
         print(f"wrote {REPORT}", file=sys.stderr)
     return 0
 

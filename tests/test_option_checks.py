@@ -589,3 +589,24 @@ def test_a_wrong_type_is_also_a_type_error(tiny_model_path: Path) -> None:
         llm.complete(b"hi")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         llm.chat(["hello"])  # type: ignore[list-item]
+
+
+def test_a_schema_with_several_required_references_is_finite() -> None:
+    """Regression: the second required $ref was never proved (pydantic's nested models)."""
+    from serapeum.llama_cpp.structured import check_schema
+
+    person = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    order = {
+        "$defs": {"Person": person, "Address": address},
+        "type": "object",
+        "properties": {
+            "customer": {"$ref": "#/$defs/Person"},
+            "shipping": {"$ref": "#/$defs/Address"},
+        },
+        "required": ["customer", "shipping"],
+    }
+    check_schema(order)
+    looping = {**order, "$defs": {**order["$defs"], "Address": {"$ref": "#"}}}
+    with pytest.raises(SchemaError, match="no finite value"):
+        check_schema(looping)

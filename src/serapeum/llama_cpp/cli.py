@@ -60,7 +60,7 @@ from serapeum.llama_cpp.errors import (
     SchemaError,
     UnsafeModelError,
 )
-from serapeum.llama_cpp.gguf_file import require_gguf
+from serapeum.llama_cpp.gguf_file import verify_model_file
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
 PROG = "serapeum-llama-cpp"
@@ -225,9 +225,15 @@ ALIASES: dict[str, tuple[str, Callable[[], str]]] = {
 def model_request(
     model: str, *, revision: str | None, sha256: str | None, quiet: bool
 ) -> ModelRequest:
-    """Turn the command line's MODEL into the request the engine would build."""
+    """Turn the command line's MODEL into the request the engine would build.
+
+    Like the engine's, it carries the file check (structure, then the checked load in a
+    child process), so a download is installed in the cache only if it can load.
+    """
     return build_model_request(
-        **_model_fields(model, revision), options={"sha256": sha256, "progress": not quiet}
+        **_model_fields(model, revision),
+        options={"sha256": sha256, "progress": not quiet},
+        verify=verify_model_file,
     )
 
 
@@ -397,7 +403,7 @@ def _download(args: argparse.Namespace) -> int:
         args.model, revision=args.revision, sha256=args.sha256, quiet=args.quiet
     )
     path = resolve_model(request, get_plugin_host())
-    require_gguf(path)
+    verify_model_file(path)  # a local file or an old cache entry: checked like a new one
     _out(str(path))
     return 0
 

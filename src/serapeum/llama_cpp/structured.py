@@ -215,14 +215,18 @@ def _admits_finite_value(root: Mapping[str, Any]) -> bool:
             return least <= len(prefix) or allows(items)
         return True  # strings, numbers, booleans, null: constraints are llguidance's
 
-    allows(root)  # registers the references the root uses
+    # References are registered as they are met (as not yet known to be finite) and proved
+    # finite one round at a time. Judging the root can meet references an earlier round
+    # never reached (a required property after one that was not yet proved), so the answer
+    # stands only once a whole round registers and proves nothing new.
     while True:
-        known, changed = len(finite), False
+        before = dict(finite)
+        answer = allows(root)
         for reference in list(finite):
             if not finite[reference] and allows(_resolve(root, reference)):
-                finite[reference] = changed = True
-        if not changed and len(finite) == known:
-            return allows(root)
+                finite[reference] = True
+        if finite == before:
+            return answer
 
 
 def grammar_from_gbnf(grammar: str) -> str:

@@ -15,17 +15,21 @@ llama-cpp-python 0.3.x (``ggml/src/gguf.cpp``, ``src/llama-model-loader.cpp``,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
 import struct
 import threading
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from attrs import frozen
 
 from serapeum.core.errors import MalformedGGUFError, ModelFileError, NotGGUFError
+from serapeum.core.model_files import FileStamp
 
 __all__ = [
     "CHECK_VERSION",
@@ -34,12 +38,17 @@ __all__ = [
     "GGUFSummary",
     "check_gguf",
     "clear_gguf_memo",
+    "stamped_check_gguf",
 ]
 
 GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 GGUF_MAX_STRING_LENGTH = 1 << 30  # gguf.cpp: GGUF_MAX_STRING_LENGTH
 GGUF_MAX_ARRAY_ELEMENTS = 1 << 30  # gguf.cpp: GGUF_MAX_ARRAY_ELEMENTS
+# Ours: 8 times Gemma 3's 262,144-token vocabulary, 7 times Llama 3's 280,147 merges. A
+# string array costs a Python object per element here (and a std::string in llama.cpp):
+# 80 million empty tokens fit in a 640 MB file and would take minutes and gigabytes.
+MAX_STRING_ARRAY = 1 << 21
 GGML_MAX_NAME = 64
 GGML_MAX_DIMS = 4
 LLAMA_MAX_LAYERS = 512  # llama-hparams.h
@@ -182,17 +191,18 @@ class _Tensor:
 
 # -- the memo -----------------------------------------------------------------------------
 _MEMO_SIZE = 128
-_memo: OrderedDict[tuple[Any, ...], GGUFSummary | tuple[str, str]] = OrderedDict()
+# identity -> (stamp, summary) for a file that passed, (ctime, (problem, reason)) otherwise
+_memo: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
 _memo_lock = threading.Lock()
 
 
 def clear_gguf_memo() -> None:
-    """Forget every remembered verdict (tests; a file rewritten within one mtime tick)."""
+    """Forget every remembered verdict (tests)."""
     with _memo_lock:
         _memo.clear()
 
 
-def _remember(key: tuple[Any, ...], verdict: GGUFSummary | tuple[str, str]) -> None:
+def _remember(key: tuple[Any, ...], verdict: tuple[Any, Any]) -> None:
     with _memo_lock:
         _memo[key] = verdict
         _memo.move_to_end(key)
@@ -206,7 +216,7 @@ def _identity(real: str, info: os.stat_result) -> tuple[Any, ...]:
 
 
 # Bump when the check refuses more (or less): verdicts recorded by older checks then lapse.
-CHECK_VERSION = 1
+CHECK_VERSION = 2
 
 
 # -- the entry point ----------------------------------------------------------------------
@@ -216,23 +226,51 @@ def check_gguf(path: os.PathLike[str] | str, *, memo: bool = True) -> GGUFSummar
     Raises ``NotGGUFError`` if the file does not start with the GGUF magic (empty,
     an HTML or JSON page...), ``MalformedGGUFError`` if it does but llama.cpp would
     refuse, crash or abort on it, ``ModelFileError`` if it cannot be opened as a regular
-    file. A verdict is remembered by file identity (real path, size, mtime, inode,
-    device), so checking an unchanged file again costs one ``stat``.
+    file. A verdict is remembered by file identity (size, mtime, inode, device) with a
+    ``FileStamp``: checking an unchanged file again costs one ``stat``, and a file
+    rewritten with its size and mtime kept (``cp -p``, a rewrite within one timestamp
+    tick) is seen by its ctime or by the SHA-256 of its header.
     """
+    return _check_gguf(path, memo)[0]
+
+
+def stamped_check_gguf(
+    path: os.PathLike[str] | str,
+) -> tuple[GGUFSummary, tuple[int, int, int, int], FileStamp]:
+    """``check_gguf``, with the identity and the stamp of the bytes it judged.
+
+    For verdicts about the file kept elsewhere (the engine's stores on disk): they stay
+    true exactly as long as the stamp holds.
+    """
+    return _check_gguf(path, True)
+
+
+def _check_gguf(
+    path: os.PathLike[str] | str, memo: bool
+) -> tuple[GGUFSummary, tuple[int, int, int, int], FileStamp]:
     shown = str(path)
     try:
         real = os.path.realpath(path)
         info = os.stat(real)
     except OSError as exc:
         raise ModelFileError(f"cannot read model file {shown!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # an embedded NUL byte
+        raise ModelFileError(f"model file {shown!r} is not a valid path: {exc}") from exc
+    key = _identity(real, info)
     if memo:
         with _memo_lock:
-            verdict = _memo.get(_identity(real, info))
-        if isinstance(verdict, GGUFSummary):
-            return verdict
-        if verdict is not None:
-            problem, reason = verdict
-            raise MalformedGGUFError(_message(shown, reason), path=shown, problem=problem)
+            entry = _memo.get(key)
+        if entry is not None:
+            stamp, verdict = entry
+            if isinstance(verdict, GGUFSummary):
+                renewed = stamp.renewed(Path(real), info)
+                if renewed is not None:
+                    if renewed is not stamp:
+                        _remember(key, (renewed, verdict))
+                    return verdict, key, renewed
+            elif stamp == info.st_ctime_ns:
+                problem, reason = verdict
+                raise MalformedGGUFError(_message(shown, reason), path=shown, problem=problem)
     if not stat.S_ISREG(info.st_mode):
         raise ModelFileError(f"{shown!r} is not a regular file; a GGUF model must be one")
 
@@ -247,22 +285,25 @@ def check_gguf(path: os.PathLike[str] | str, *, memo: bool = True) -> GGUFSummar
         if not stat.S_ISREG(opened.st_mode):
             raise ModelFileError(f"{shown!r} is not a regular file; a GGUF model must be one")
         key = _identity(real, opened)
+        taken_ns = time.time_ns()  # after the fstat: a later change moves the ctime
         head = os.pread(fd, len(GGUF_MAGIC), 0) if hasattr(os, "pread") else _read_head(fd)
         if head != GGUF_MAGIC:
             raise NotGGUFError(_not_gguf_message(shown, head))
         try:
-            summary = _check_file(fd, opened.st_size)
+            summary, header = _check_file(fd, opened.st_size)
         except _Problem as problem:
             reason = f"{problem.detail}. {problem.advice}."
             if memo:
-                _remember(key, (problem.problem, reason))
+                _remember(key, (opened.st_ctime_ns, (problem.problem, reason)))
             message = _message(shown, reason)
             raise MalformedGGUFError(message, path=shown, problem=problem.problem) from None
+        digest = hashlib.sha256(header).hexdigest()
     finally:
         os.close(fd)
+    stamp = FileStamp(opened.st_ctime_ns, taken_ns, summary.header_size, digest)
     if memo:
-        _remember(key, summary)
-    return summary
+        _remember(key, (stamp, summary))
+    return summary, key, stamp
 
 
 def _message(shown: str, reason: str) -> str:
@@ -297,14 +338,17 @@ class _NeedMore(Exception):
 _FIRST_READ = 8 << 20  # Gemma 3's header is 6.5 MB; bigger ones are read again, larger
 
 
-def _check_file(fd: int, file_size: int) -> GGUFSummary:
-    """Read as much of the file as its header needs (never the tensor data) and check it."""
+def _check_file(fd: int, file_size: int) -> tuple[GGUFSummary, memoryview]:
+    """Read as much of the file as its header needs (never the tensor data) and check it.
+
+    Returns the summary and the header bytes it was drawn from."""
     limit = min(file_size, _FIRST_READ)
     while True:
         buf = _read(fd, limit)
         complete = len(buf) < limit or limit == file_size
         try:
-            return _check(buf, file_size if len(buf) == limit else len(buf), complete)
+            summary = _check(buf, file_size if len(buf) == limit else len(buf), complete)
+            return summary, memoryview(buf)[: summary.header_size]
         except _NeedMore:
             limit = min(file_size, limit * 4)
 
@@ -542,6 +586,13 @@ def _skip_array(
             "array too long",
             f"the array {key!r} claims {length:,} elements, more than llama.cpp's limit of "
             f"{GGUF_MAX_ARRAY_ELEMENTS:,}",
+        )
+    if element == _STRING and length > MAX_STRING_ARRAY:
+        raise _Problem(
+            "array too long",
+            f"the string array {key!r} claims {length:,} elements; no model has more than a "
+            f"few hundred thousand tokens or merges, and this check stops at "
+            f"{MAX_STRING_ARRAY:,} (each takes time and memory here and in llama.cpp)",
         )
     if element != _STRING:
         reader.need(_SCALARS[element].size * length, f"the elements of {key!r}")
@@ -789,6 +840,16 @@ def _check_hparams(
                     f"'{arch}.{part}.block_count' is {count}, more than the {layers} blocks",
                 )
     _check_experts(values, arrays, arch, buf)
+    for name in ("layer_norm_rms_epsilon", "layer_norm_epsilon"):
+        key = f"{arch}.attention.{name}"
+        epsilon = values.get(key)
+        # ggml_rms_norm / ggml_norm assert eps >= 0 when the first token is evaluated
+        if isinstance(epsilon, (int, float)) and not epsilon >= 0:
+            raise _Problem(
+                "bad norm epsilon",
+                f"{key!r} is {epsilon!r}; llama.cpp aborts the process on a negative or "
+                "NaN epsilon",
+            )
     scaling = values.get(f"{arch}.rope.scaling.type")
     if scaling is not None and scaling not in ("none", "linear", "yarn", "longrope"):
         raise _Problem(
@@ -904,7 +965,9 @@ def _check_vocabulary(
         return n_vocab, model  # llama.cpp does not read the vocabulary then
     tokens = tokens_info.strings
     assert tokens is not None
-    _check_unique(tokens, tokens_info.plain)
+    texts = _check_unique(tokens, tokens_info.plain)
+    if model == "llama":
+        _check_byte_fallback(texts)
     _check_special_tokens(values, tokens, special_ids, model)
     return n_vocab, model
 
@@ -943,15 +1006,23 @@ def _vocabulary_arrays(
     return [index for index, kind in enumerate(types) if kind in _SPECIAL_TOKEN_TYPES]
 
 
-def _check_unique(tokens: list[bytes], plain: bool) -> None:
+def _check_unique(tokens: list[bytes], plain: bool) -> set[bytes] | dict[bytes, int]:
     """llama.cpp asserts that no two tokens have the same text.
 
     It reads each token as a C string (so a token ends at its first zero byte) and renames
     an empty one ``[EMPTY_<id>]``; two tokens that are equal that way abort the process.
+    Returns the token texts as llama.cpp sees them (for membership tests).
     """
-    if plain and len(set(tokens)) == len(tokens):
-        return
-    seen: dict[bytes, int] = {}
+    if plain:
+        texts = set(tokens)
+        if len(texts) == len(tokens):
+            return texts
+    else:
+        read = [token.partition(b"\0")[0] or b"[EMPTY_%d]" % i for i, token in enumerate(tokens)]
+        texts = set(read)
+        if len(texts) == len(read):
+            return texts
+    seen: dict[bytes, int] = {}  # there is a duplicate: find the first one
     for index, token in enumerate(tokens):
         text = token.split(b"\0", 1)[0] or f"[EMPTY_{index}]".encode()
         first = seen.setdefault(text, index)
@@ -961,6 +1032,31 @@ def _check_unique(tokens: list[bytes], plain: bool) -> None:
                 "duplicate token",
                 f"the vocabulary has the token {text[:60]!r} twice (ids {first} and {index}"
                 f"{cut}); llama.cpp aborts the process on such a file",
+            )
+    return seen
+
+
+# The byte-fallback tokens of a SentencePiece vocabulary, as llama.cpp names them.
+_BYTE_TOKENS = tuple((f"<0x{value:02X}>".encode(), bytes([value])) for value in range(256))
+
+
+def _check_byte_fallback(texts: set[bytes] | dict[bytes, int]) -> None:
+    """A SentencePiece (``llama``) vocabulary must have a token for every byte.
+
+    Text the vocabulary has no token for is split into bytes, and llama.cpp looks each one
+    up as ``<0xXX>``, else as the one-byte string, with ``unordered_map::at``: a byte with
+    neither throws through the C API and aborts the process on the first prompt holding
+    it (the structure and the checked load both look fine until then).
+    """
+    for value, (named, raw) in enumerate(_BYTE_TOKENS):
+        if named not in texts and (not value or raw not in texts):
+            raise _Problem(
+                "missing byte token",
+                f"the SentencePiece vocabulary has no token for the byte {value:#04x} "
+                f"({named.decode()}); llama.cpp aborts the process on the first prompt "
+                "with a character it must spell out byte by byte",
+                "Use another GGUF of the model (one converted with SentencePiece byte "
+                "fallback, as llama.cpp's convert_hf_to_gguf.py writes them)",
             )
 
 

@@ -12,12 +12,14 @@ import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.gguf import check_gguf
 from serapeum.core.llms.types import FinishReason
 from serapeum.core.plugins import (
     BackendChunk,
@@ -28,7 +30,11 @@ from serapeum.core.plugins import (
     hookimpl,
 )
 from serapeum.llama_cpp import native_log
-from serapeum.llama_cpp.errors import GenerationCancelled, ModelLoadError
+from serapeum.llama_cpp.errors import (
+    ContextWindowExceededError,
+    GenerationCancelled,
+    ModelLoadError,
+)
 from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan
 from serapeum.llama_cpp.generation import DecodeError, Generation
 from serapeum.llama_cpp.llama_loader import CHAT_TEMPLATE_KEY, chat_templates_of, new_llama
@@ -38,6 +44,12 @@ from serapeum.llama_cpp.structured import JsonConstraints
 
 BACKEND_NAME = "llama-cpp"
 logger = logging.getLogger("serapeum.llama_cpp")
+
+# llama.cpp's SentencePiece tokenizer writes a character that no token contains as its
+# bytes, growing its output by one exact reserve() per character: time quadratic in such
+# bytes (a million NUL bytes take minutes on Gemma 3). A text this long is first counted
+# for them, and refused without being tokenized when they alone overflow the context.
+BYTE_FALLBACK_CHECK_CHARS = 50_000
 
 
 def _c_flag_reader() -> Any:
@@ -127,6 +139,27 @@ def _token_text(vocab: Any, token: int) -> str:
     return raw.decode("utf-8", errors="replace") if raw else ""
 
 
+def _vocab_type_spm() -> int:
+    import llama_cpp
+
+    return int(llama_cpp.LLAMA_VOCAB_TYPE_SPM)
+
+
+def _token_characters(llama: Any) -> frozenset[str]:
+    """Every character some token's text contains (SentencePiece writes spaces as U+2581)."""
+    import llama_cpp
+
+    vocab, n_vocab = llama._model.vocab, llama._model.n_vocab()
+    characters: set[str] = set()
+    for token in range(n_vocab):
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        if raw:
+            characters.update(raw.decode("utf-8", errors="replace"))
+    if "\u2581" in characters:
+        characters.add(" ")
+    return frozenset(characters)
+
+
 def _model_info(llama: Any, special_tokens: set[str]) -> ModelInfo:
     model = llama._model
     vocab = model.vocab
@@ -180,6 +213,8 @@ class LlamaCppModel:
         self._add_bos = bool(llama._model.add_bos_token())
         self._special_texts: set[str] | None = None
         self._space_after_special = _space_after_special_pattern(llama, self._special_tokens)
+        self._sentencepiece = llama._model.vocab_type() == _vocab_type_spm()
+        self._token_characters: frozenset[str] | None = None
         self._prompt_abort = _PromptAbort(llama)
         self._info: ModelInfo | None = None
         self._vocab = llama._model.vocab
@@ -224,6 +259,14 @@ class LlamaCppModel:
         return str(self._path)
 
     def tokenize(self, text: str) -> list[int]:
+        """The prompt's tokens (BOS exactly once).
+
+        Raises ``ContextWindowExceededError``, without tokenizing, for a text over
+        ``BYTE_FALLBACK_CHECK_CHARS`` characters whose characters that no token contains
+        (each one token per UTF-8 byte) alone outnumber the context and that many tokens.
+        """
+        if self._sentencepiece and len(text) > BYTE_FALLBACK_CHECK_CHARS:
+            self._refuse_byte_fallback_overflow(text)
         # BOS exactly once: a formatter's prompt text may already start with it; add it
         # only when the model wants one and the text did not bring it.
         if self._space_after_special is not None:
@@ -232,6 +275,24 @@ class LlamaCppModel:
         if self._add_bos and (not tokens or tokens[0] != self._bos):
             tokens.insert(0, self._bos)
         return tokens
+
+    def _refuse_byte_fallback_overflow(self, text: str) -> None:
+        if self._token_characters is None:
+            self._token_characters = _token_characters(self._llama)
+        covered = self._token_characters
+        tokens = sum(
+            count * len(character.encode("utf-8", "surrogatepass"))
+            for character, count in Counter(text).items()
+            if character not in covered
+        )
+        n_ctx = self.n_ctx
+        if tokens >= max(n_ctx, BYTE_FALLBACK_CHECK_CHARS):
+            raise ContextWindowExceededError(
+                f"the text is at least {tokens:,} tokens (characters this model's vocabulary "
+                f"spells byte by byte) but the context window is {n_ctx:,} tokens; shorten it",
+                prompt_tokens=tokens,
+                context_window=n_ctx,
+            )
 
     # -- the generation loop's view of the model ------------------------------------
     @property
@@ -430,9 +491,43 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _load_lora(llama: Any, lora_path: str, scale: float) -> None:
+    """Apply a LoRA adapter as ``Llama(lora_path=...)`` would, without its crash.
+
+    llama-cpp-python 0.3 tests the adapter pointer llama.cpp returns with ``is None``; a
+    ctypes pointer never is, so an adapter that fails to load (a missing file, a file that
+    is not an adapter for this model) reaches llama.cpp as NULL and the process dies with
+    SIGSEGV. The file gets the GGUF structure check first (which also refuses FIFOs and
+    devices without blocking), and a NULL adapter is a ``ModelLoadError``. llama.cpp frees
+    adapters with their model.
+    """
+    import llama_cpp
+
+    check_gguf(lora_path)
+    adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, os.fsencode(lora_path))
+    if not adapter:
+        raise ModelLoadError(
+            f"llama.cpp could not load the LoRA adapter {lora_path!r}: it is not a LoRA "
+            "adapter GGUF for this model's architecture, or its tensors do not match the "
+            "model's (run with verbose=True to see llama.cpp's reason)"
+        )
+    llama._lora_adapter = adapter
+    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+    scales = (ctypes.c_float * 1)(scale)
+    if llama_cpp.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales):
+        raise ModelLoadError(f"llama.cpp could not apply the LoRA adapter {lora_path!r}")
+
+
 def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     """Load ``path`` with ``llama_cpp.Llama(**options)``."""
     options = dict(options)
+    lora_path = options.pop("lora_path", None)
+    lora_scale = float(options.pop("lora_scale", 1.0))
+    n_ctx = options.get("n_ctx")
+    if isinstance(n_ctx, int) and n_ctx > 0 and options.get("n_batch", 0) > n_ctx:
+        # What llama-cpp-python does itself, except for the array of logits it sizes with
+        # the n_batch given (n_batch x vocabulary floats: 2**31 - 1 is a MemoryError).
+        options["n_batch"] = n_ctx
     if options.pop("logits_all", False):
         logger.warning(
             "logits_all=True is ignored: it makes every prompt 2-3x slower to evaluate and "
@@ -446,12 +541,23 @@ def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
     native_log.install()
     try:
         llama = new_llama(path, options)
+    except MemoryError as exc:
+        raise ModelLoadError(
+            f"not enough memory to load {str(path)!r} with these options (n_ctx, n_batch); "
+            "lower them"
+        ) from exc
     except (ValueError, RuntimeError, OSError) as exc:
         raise ModelLoadError(
             f"llama.cpp could not load {str(path)!r}: {exc}. The file has the GGUF header; it "
             "may be truncated, or use an architecture or quantisation this llama-cpp-python "
             "version does not support (run with verbose=True to see llama.cpp's log)"
         ) from exc
+    if lora_path is not None:
+        try:
+            _load_lora(llama, lora_path, lora_scale)
+        except BaseException:
+            llama.close()
+            raise
     return LlamaCppModel(llama, path)
 
 

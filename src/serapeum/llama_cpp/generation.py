@@ -332,15 +332,13 @@ class Generation:
             if not matcher.validate_tokens([token]):
                 # The model's pick breaks the schema: mask what the grammar forbids, pick again.
                 self._mask_forbidden(matcher, logits)
+                if matcher.is_error():  # llguidance gave up computing the mask (its limits)
+                    raise self._cannot_continue(matcher, len(generated))
                 token = pick()
             if not matcher.consume_token(token):
                 # Nothing the vocabulary can write continues the text, or llguidance gave up
                 # (e.g. its parser limits): the constraint cannot be followed any further.
-                what = "JSON Schema" if settings.json_schema is not None else "grammar"
-                raise SchemaError(
-                    f"generation cannot continue within the {what} after "
-                    f"{len(generated)} tokens: {error_summary(matcher.get_error())}"
-                )
+                raise self._cannot_continue(matcher, len(generated))
         if self.logprobs is not None:
             shifted = logits.astype(np.float64) - float(logits.max())
             log_probs = shifted - np.log(np.exp(shifted).sum())
@@ -359,6 +357,13 @@ class Generation:
             )
         self._last_logits = logits
         return token
+
+    def _cannot_continue(self, matcher: Any, n_generated: int) -> SchemaError:
+        what = "JSON Schema" if self.settings.json_schema is not None else "grammar"
+        return SchemaError(
+            f"generation cannot continue within the {what} after {n_generated} tokens: "
+            f"{error_summary(matcher.get_error())}"
+        )
 
     def _mask_forbidden(self, matcher: Any, logits: Any) -> None:
         import numpy as np

@@ -16,8 +16,8 @@ from pathlib import Path
 from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
-from serapeum.core.gguf import CHECK_VERSION, check_gguf
-from serapeum.core.model_files import file_identity, require_regular_file
+from serapeum.core.gguf import CHECK_VERSION, stamped_check_gguf
+from serapeum.core.model_files import require_regular_file
 from serapeum.llama_cpp.verdicts import VerdictStore
 
 __all__ = [
@@ -42,17 +42,19 @@ class CheckedFile:
 def require_gguf(path: Path) -> CheckedFile:
     """Raise ``ModelFileError``, ``NotGGUFError`` or ``MalformedGGUFError`` for a bad file.
 
-    A file that passed once (same identity, same version of the check) passes again at
-    the cost of a ``stat`` and a small read, in any process: Gemma 3 270M's 262,144-token
-    vocabulary takes about 0.1 s to check, a fifth of its load time.
+    A file that passed once (same identity, same header bytes, same version of the check)
+    passes again at the cost of a ``stat`` and a small read, in any process: Gemma 3
+    270M's 262,144-token vocabulary takes about 0.1 s to check, a fifth of its load time.
     """
-    identity = file_identity(require_regular_file(path))
-    known = _PASSED.get(identity)
-    if known is not None:
+    info = require_regular_file(path)
+    found = _PASSED.get(path, info)
+    known = found[1] if found is not None else {}
+    if known.get("ok") is True:
         per_token = known.get("kv_bytes_per_token")
-        return CheckedFile(kv_bytes_per_token=per_token if isinstance(per_token, int) else None)
-    summary = check_gguf(path)
-    _PASSED.put(identity, {"ok": True, "kv_bytes_per_token": summary.kv_bytes_per_token})
+        usable = type(per_token) is int and per_token > 0
+        return CheckedFile(kv_bytes_per_token=per_token if usable else None)
+    summary, identity, stamp = stamped_check_gguf(path)
+    _PASSED.put(identity, stamp, {"ok": True, "kv_bytes_per_token": summary.kv_bytes_per_token})
     return CheckedFile(kv_bytes_per_token=summary.kv_bytes_per_token)
 
 

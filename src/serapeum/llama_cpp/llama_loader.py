@@ -1,4 +1,5 @@
-"""Construct ``llama_cpp.Llama`` without letting it touch the GGUF's chat templates.
+"""Construct ``llama_cpp.Llama`` without letting it touch the GGUF's chat templates, and
+tokenize without a buffer the file sizes.
 
 llama-cpp-python compiles every chat template a GGUF carries with its own, unbounded
 Jinja environment while it loads, even when the caller never uses them: a hostile
@@ -15,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHAT_TEMPLATE_KEY", "chat_templates_of", "new_llama"]
+__all__ = ["CHAT_TEMPLATE_KEY", "chat_templates_of", "new_llama", "tokenize"]
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -44,7 +45,34 @@ def _llama_class() -> type:
                 k: v for k, v in value.items() if not _is_template_key(k)
             }
 
+        def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+            return tokenize(self._model.vocab, text, add_bos=add_bos, special=special)
+
     return TemplateFreeLlama
+
+
+# Tokens a text can take beyond one per byte: the BOS/EOS/SEP the tokenizer adds and the
+# SentencePiece prefix space. A larger need is asked for again, at its exact size.
+_TOKEN_SLACK = 16
+
+
+def tokenize(vocab: Any, text: bytes, *, add_bos: bool, special: bool) -> list[int]:
+    """``llama_tokenize`` into a buffer sized by the text.
+
+    llama-cpp-python sizes its buffer by the model's trained context length, a field of
+    the file: every call allocates and zeroes 4 bytes per token of it (``context_length``
+    2**31 - 1 means 8 GiB a call, 2**32 - 1 a ``ValueError``; a 10M-token model, 40 MB).
+    """
+    from llama_cpp import llama_token, llama_tokenize
+
+    size = len(text) + _TOKEN_SLACK
+    for _ in range(2):
+        tokens = (llama_token * size)()
+        count = llama_tokenize(vocab, text, len(text), tokens, size, add_bos, special)
+        if count >= 0:
+            return list(tokens[:count])
+        size = -count
+    raise RuntimeError(f"llama_tokenize failed on a text of {len(text)} bytes")
 
 
 def new_llama(path: Path, options: Mapping[str, Any]) -> Any:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
+import operator
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -37,6 +40,7 @@ from serapeum.core.plugins import (
     get_plugin_host,
 )
 from serapeum.core.redact import redact_url
+from serapeum.core.shown import shown
 from serapeum.llama_cpp import reentry
 from serapeum.llama_cpp.errors import ContextWindowExceededError
 from serapeum.llama_cpp.formatting import (
@@ -46,7 +50,7 @@ from serapeum.llama_cpp.formatting import (
     explicit_choice,
 )
 from serapeum.llama_cpp.gguf_file import require_context_fits, require_gguf, verify_model_file
-from serapeum.llama_cpp.load_options import MAX_CONTEXT, check_load_options
+from serapeum.llama_cpp.load_options import INT32_MAX, MAX_CONTEXT, check_load_options
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
@@ -73,15 +77,24 @@ _SAMPLING_FIELDS = ("temperature", "max_tokens", "stop", "cancel")
 
 
 def _check_temperature(value: Any, name: str = "temperature") -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ConfigurationError(f"{name} must be a number from 0.0 to 1.0, got {value!r}")
-    return float(value)
+    """A number from 0.0 to 1.0 (numpy's too, not a bool), as a float."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):
+            number = math.nan
+        if 0.0 <= number <= 1.0:
+            return number
+    raise ConfigurationError(f"{name} must be a number from 0.0 to 1.0, got {shown(value)}")
 
 
 def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """A positive integer (numpy's too, not a bool), as an int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = operator.index(value)
+        if number > 0:
+            return number
+    raise ConfigurationError(f"{name} must be a positive integer, got {shown(value)}")
 
 
 def _validate(check: Callable[..., Any]) -> Callable[[Any, Any, Any], None]:
@@ -92,10 +105,19 @@ def _validate(check: Callable[..., Any]) -> Callable[[Any, Any, Any], None]:
 
 
 def _check_gpu_layers(_instance: Any, _attribute: Any, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+    # A C int: larger values would wrap around (2**32 - 5 becomes -5) on their way to llama.cpp.
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= INT32_MAX:
         raise ConfigurationError(
-            f"n_gpu_layers must be an integer >= -1 (-1 offloads every layer), got {value!r}"
+            f"n_gpu_layers must be an integer >= -1 (-1 offloads every layer) and at most "
+            f"{INT32_MAX}, got {shown(value)}"
         )
+
+
+# The stop-sequence scan after every token compares each stop sequence with the held-back
+# text: its cost grows with their number times their length (10,000 stop sequences made
+# each token 50 ms slower), so both are bounded, far above what stopping needs.
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_CHARS = 256
 
 
 def _stop_list(value: str | Sequence[str] | None) -> list[str]:
@@ -103,12 +125,23 @@ def _stop_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [value]
-    if isinstance(value, list | tuple | set | frozenset) and all(
+        stops = [value]
+    elif isinstance(value, list | tuple | set | frozenset) and all(
         isinstance(item, str) for item in value
     ):
-        return list(value)
-    raise ArgumentTypeError(f"stop must be a str or a list of str, got {value!r:.200}")
+        stops = list(value)
+    else:
+        raise ArgumentTypeError(f"stop must be a str or a list of str, got {shown(value, 200)}")
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ConfigurationError(
+            f"stop has {len(stops):,} stop sequences; at most {MAX_STOP_SEQUENCES} are accepted"
+        )
+    longest = max(map(len, stops), default=0)
+    if longest > MAX_STOP_CHARS:
+        raise ConfigurationError(
+            f"a stop sequence of {longest:,} characters; at most {MAX_STOP_CHARS} are accepted"
+        )
+    return stops
 
 
 def _check_text(text: str, what: str) -> None:
@@ -126,7 +159,7 @@ def _check_text(text: str, what: str) -> None:
 def _check_cancel(value: Any) -> None:
     if value is not None and not isinstance(value, CancelToken):
         raise ArgumentTypeError(
-            f"cancel must be a serapeum.core.CancelToken or None, got {value!r:.200}"
+            f"cancel must be a serapeum.core.CancelToken or None, got {shown(value, 200)}"
         )
 
 
@@ -135,26 +168,26 @@ def _check_system_prompt(_instance: Any, _attribute: Any, value: Any) -> None:
         return
     if not isinstance(value, str):
         raise ArgumentTypeError(
-            f"system_prompt must be a str or None, got {type(value).__name__} {value!r:.100}"
+            f"system_prompt must be a str or None, got {type(value).__name__} {shown(value)}"
         )
     _check_text(value, "system_prompt")
 
 
 def _check_flag(_instance: Any, attribute: Any, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{attribute.name} must be True or False, got {value!r:.100}")
+        raise ConfigurationError(f"{attribute.name} must be True or False, got {shown(value)}")
 
 
 def _check_optional_callable(_instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and not callable(value):
-        raise ArgumentTypeError(f"{attribute.name} must be a function or None, got {value!r:.100}")
+        raise ArgumentTypeError(f"{attribute.name} must be a function or None, got {shown(value)}")
 
 
 def _check_progress(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is not None and not isinstance(value, bool) and not callable(value):
         raise ConfigurationError(
             "download_progress must be None, True, False or a callable(done, total), "
-            f"got {value!r:.100}"
+            f"got {shown(value)}"
         )
 
 
@@ -167,7 +200,7 @@ def _options_dict(name: str, value: Any) -> dict[str, Any]:
         )
     names = [key for key in value if not isinstance(key, str)]
     if names:
-        raise ConfigurationError(f"{name} keys must be str, got {names[0]!r}")
+        raise ConfigurationError(f"{name} keys must be str, got {shown(names[0])}")
     return dict(value)
 
 
@@ -179,7 +212,7 @@ def _model_kwargs(value: Any) -> dict[str, Any]:
 def _check_context_window(_instance: Any, _attribute: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
         raise ConfigurationError(
-            f"context_window must be a positive integer (1 to {MAX_CONTEXT}), got {value!r:.100}"
+            f"context_window must be a positive integer (1 to {MAX_CONTEXT}), got {shown(value)}"
         )
 
 
@@ -436,7 +469,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         _check_cancel(cancel)
         request = GenerationRequest(
             prompt_tokens=tokens,
-            max_tokens=min(settings["max_tokens"], n_ctx - len(tokens)),
+            max_tokens=min(operator.index(settings["max_tokens"]), n_ctx - len(tokens)),
             temperature=float(settings["temperature"]),
             stop=stop,
             options=options,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import numbers
+import operator
 import os
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -21,12 +23,16 @@ from typing import Any
 from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.shown import shown
 
 __all__ = ["KV_CACHE_TYPES", "check_load_options"]
 
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 INT64_MAX = 2**63 - 1
+# The largest finite C float: the rope, YaRN and LoRA settings are floats in llama.cpp's
+# structs, where a larger double becomes infinity.
+FLT_MAX = 3.4028234663852886e38
 # ggml's GGML_MAX_N_THREADS: more threads overrun its fixed-size per-thread arrays.
 MAX_THREADS = 512
 # The largest context llama.cpp's 32-bit positions and our checks accept.
@@ -73,6 +79,8 @@ _SHAPE_KEYS = (
     ".vocab_size",
 )
 
+_ROPE_SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+
 
 class _Refused(Exception):
     """A value outside what an option accepts (turned into ConfigurationError by the caller)."""
@@ -89,10 +97,15 @@ def _is_int(value: Any) -> bool:
 
 
 def _integer(low: int, high: int, accepted: str, *, none: bool = False) -> _Option:
+    """An integer (numpy's too, not a bool) in [low, high], passed on as an int."""
+
     def convert(value: Any) -> Any:
         if value is None and none:
             return None
-        if not _is_int(value) or not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise _Refused
+        value = operator.index(value)
+        if not low <= value <= high:
             raise _Refused
         return value
 
@@ -105,9 +118,12 @@ def _number(
     """A finite number in [low, high] (or (low, high] with ``above``)."""
 
     def convert(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise _Refused
-        number = float(value)
+        try:
+            number = float(value)
+        except (OverflowError, ValueError, TypeError):  # 10**400: no float holds it
+            raise _Refused from None
         if not math.isfinite(number) or number > high or number < low:
             raise _Refused
         if above and number == low:
@@ -186,6 +202,12 @@ def _kv_overrides(value: Any) -> Any:
             )
         if not _override_value_fits(item):
             raise _Refused
+        if key.endswith(".rope.scaling.type") and item not in _ROPE_SCALING_TYPES:
+            # llama.cpp asserts that it knows the name (SIGABRT), case included
+            raise ConfigurationError(
+                f"kv_overrides {key!r} must be one of {', '.join(_ROPE_SCALING_TYPES)}; "
+                f"got {shown(item)}"
+            )
         checked[key] = item
     return checked
 
@@ -241,6 +263,9 @@ def _is_tokenizer(value: Any) -> bool:
     return isinstance(value, BaseLlamaTokenizer)
 
 
+_C_FLOAT = "a finite number (within +-3.4e38: a C float)"
+_C_FLOAT_AT_LEAST_0 = "a finite number >= 0 (at most 3.4e38: a C float)"
+
 _THREADS = _integer(
     1, MAX_THREADS, f"None (every usable CPU) or an integer from 1 to {MAX_THREADS}", none=True
 )
@@ -283,12 +308,12 @@ _OPTIONS: dict[str, _Option] = {
         {-1: "unspecified", 0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
     ),
     "attention_type": _choice({-1: "unspecified", 0: "causal", 1: "non-causal"}),
-    "rope_freq_base": _number("a finite number >= 0 (0: the model's)", 0.0),
-    "rope_freq_scale": _number("a finite number >= 0 (0: the model's)", 0.0),
-    "yarn_ext_factor": _number("a finite number (negative: the model's)"),
-    "yarn_attn_factor": _number("a finite number >= 0", 0.0),
-    "yarn_beta_fast": _number("a finite number >= 0", 0.0),
-    "yarn_beta_slow": _number("a finite number >= 0", 0.0),
+    "rope_freq_base": _number(_C_FLOAT_AT_LEAST_0 + " (0: the model's)", 0.0, FLT_MAX),
+    "rope_freq_scale": _number(_C_FLOAT_AT_LEAST_0 + " (0: the model's)", 0.0, FLT_MAX),
+    "yarn_ext_factor": _number(_C_FLOAT + " (negative: the model's)", -FLT_MAX, FLT_MAX),
+    "yarn_attn_factor": _number(_C_FLOAT_AT_LEAST_0, 0.0, FLT_MAX),
+    "yarn_beta_fast": _number(_C_FLOAT_AT_LEAST_0, 0.0, FLT_MAX),
+    "yarn_beta_slow": _number(_C_FLOAT_AT_LEAST_0, 0.0, FLT_MAX),
     "yarn_orig_ctx": _integer(0, UINT32_MAX, f"an integer from 0 (the model's) to {UINT32_MAX}"),
     "logits_all": _flag(),
     "embedding": _Option(
@@ -304,7 +329,7 @@ _OPTIONS: dict[str, _Option] = {
     "last_n_tokens_size": _integer(0, INT32_MAX, f"an integer from 0 to {INT32_MAX}"),
     # LoRA
     "lora_base": _Option("None or a path", _path_or_none),
-    "lora_scale": _number("a finite number"),
+    "lora_scale": _number(_C_FLOAT, -FLT_MAX, FLT_MAX),
     "lora_path": _Option("None or a path", _path_or_none),
     # backend
     "numa": _Option("True, False or a ggml NUMA strategy from 0 to 4", _numa),
@@ -345,13 +370,16 @@ def llama_parameters() -> frozenset[str]:
 
 def _unknown_name(name: Any, known: frozenset[str]) -> ConfigurationError:
     if not isinstance(name, str):
-        return ConfigurationError(f"model_kwargs keys must be str, got {name!r}")
+        return ConfigurationError(f"model_kwargs keys must be str, got {shown(name)}")
     if name in _OURS:
         return ConfigurationError(f"do not pass {name!r} in model_kwargs; use {_OURS[name]}")
-    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    # difflib compares every pair of characters: only a name of a plausible length gets hints
+    close = (
+        difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6) if len(name) < 64 else []
+    )
     hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
     return ConfigurationError(
-        f"unknown load option {name!r} in model_kwargs (llama_cpp.Llama would ignore it)"
+        f"unknown load option {shown(name)} in model_kwargs (llama_cpp.Llama would ignore it)"
         f"{hint} Accepted: {', '.join(sorted(known - set(_OURS)))}"
     )
 
@@ -376,7 +404,7 @@ def check_load_options(options: Mapping[str, Any]) -> dict[str, Any]:
             checked[name] = option.convert(value)
         except _Refused:
             raise ConfigurationError(
-                f"load option {name} must be {option.accepted}; got {value!r}"
+                f"load option {name} must be {option.accepted}; got {shown(value)}"
             ) from None
     _check_combinations(checked)
     return checked

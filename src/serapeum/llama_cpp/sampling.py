@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import math
+import numbers
+import operator
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from attrs import field, frozen
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.shown import shown
 from serapeum.llama_cpp.structured import JsonConstraints, grammar_from_gbnf, schema_from_options
 
 __all__ = [
@@ -59,11 +62,40 @@ SUPPORTED_OPTIONS = (*_NUMERIC_DEFAULTS, *_OTHER_OPTIONS)
 
 
 def _refuse(name: str, accepted: str, value: Any) -> ConfigurationError:
-    return ConfigurationError(f"{name} must be {accepted}; got {value!r}")
+    return ConfigurationError(f"{name} must be {accepted}; got {shown(value)}")
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a finite float if it is a real number (numpy's too; not a bool), else None.
+
+    An int too large for a float (``10**400``) is not finite, so it is None, never an
+    ``OverflowError``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _finite(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    return _real(value) is not None
+
+
+def _to_float(value: Any) -> Any:
+    """A real number as a float (numpy scalars included); anything else unchanged, for the
+    validator to refuse."""
+    number = _real(value)
+    return value if number is None else number
+
+
+def _integral(value: Any) -> Any:
+    """An integer of any integral type (numpy's too, not a bool) as an int; else unchanged."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return operator.index(value)
+    return value
 
 
 _Validator = Callable[[Any, Any, Any], None]
@@ -75,7 +107,8 @@ def _number(
     """A validator: a finite number in [low, high] (``above``: strictly more than ``low``)."""
 
     def check(_instance: Any, attribute: Any, value: Any) -> None:
-        if not _finite(value) or not low <= value <= high or (above and value == low):
+        number = _real(value)
+        if number is None or not low <= number <= high or (above and number == low):
             raise _refuse(attribute.name, accepted, value)
 
     return check
@@ -92,38 +125,56 @@ def _integer(accepted: str, low: int, high: int, *, none: bool = False) -> _Vali
 
 
 def _whole(value: Any) -> Any:
-    """40.0 -> 40 (the seed accepted floats for integer options); anything else unchanged."""
+    """40.0 -> 40 (the seed accepted floats for integer options); numpy integers -> int;
+    anything else unchanged."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    return value
+    return _integral(value)
+
+
+_LOGIT_BIAS_ACCEPTED = (
+    "a dict of token id (an integer >= 0, or its decimal string as in OpenAI's JSON) "
+    "-> finite bias, e.g. {42: -100.0}"
+)
+
+
+def _bias_pairs(value: Any) -> Any:
+    """The (token, bias) pairs of a logit_bias mapping, or of one already converted."""
+    if isinstance(value, tuple) and all(
+        isinstance(item, tuple) and len(item) == 2 for item in value
+    ):
+        return value  # already converted (attrs.evolve)
+    if not isinstance(value, Mapping):
+        raise _refuse("logit_bias", _LOGIT_BIAS_ACCEPTED, value)
+    return value.items()
+
+
+def _token_id(token: Any) -> Any:
+    if isinstance(token, str) and token.isascii() and token.isdigit():
+        # a token id spelled as in OpenAI's JSON; more digits than any vocabulary needs are
+        # not converted (int() refuses over 4,300 digits with a ValueError of its own)
+        return int(token) if len(token) <= 10 else INT32_MAX + 1
+    return _integral(token)
 
 
 def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
-    accepted = (
-        "a dict of token id (an integer >= 0, or its decimal string as in OpenAI's JSON) "
-        "-> finite bias, e.g. {42: -100.0}"
-    )
     if value is None:
         return ()
-    if isinstance(value, tuple) and all(isinstance(item, tuple) for item in value):
-        value = dict(value)  # already converted (attrs.evolve)
-    if not isinstance(value, Mapping):
-        raise _refuse("logit_bias", accepted, value)
     biases: list[tuple[int, float]] = []
-    for token, bias in value.items():
-        if isinstance(token, str) and token.isascii() and token.isdigit():
-            token = int(token)
+    for key, bias in _bias_pairs(value):
+        token = _token_id(key)
         if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token <= INT32_MAX:
             raise ConfigurationError(
                 f"logit_bias keys must be token ids (integers from 0 to the vocabulary size "
-                f"- 1); got {token!r}"
+                f"- 1); got {shown(key)}"
             )
-        if not _finite(bias):
+        number = _real(bias)
+        if number is None:
             raise ConfigurationError(
                 f"logit_bias values must be finite numbers (use -100 to ban a token); "
-                f"token {token} has {bias!r}"
+                f"token {token} has {shown(bias)}"
             )
-        biases.append((token, float(bias)))
+        biases.append((token, number))
     return tuple(biases)
 
 
@@ -142,11 +193,13 @@ def _grammar(value: Any) -> str | None:
         return None
     if isinstance(value, _Compiled):
         return value
-    text = getattr(value, "_grammar", value)  # a llama_cpp.LlamaGrammar keeps its GBNF here
+    from llama_cpp import LlamaGrammar
+
+    text = value._grammar if isinstance(value, LlamaGrammar) else value  # its GBNF text
     if not isinstance(text, str):
         raise ConfigurationError(
             'grammar must be a GBNF grammar: a str such as \'root ::= "yes" | "no"\' or a '
-            f"llama_cpp.LlamaGrammar; got {value!r}"
+            f"llama_cpp.LlamaGrammar; got {shown(value)}"
         )
     return _Compiled(_gbnf(text))
 
@@ -186,7 +239,8 @@ def _callables(name: str, value: Any) -> tuple[Callable[..., Any], ...] | Any:
     if isinstance(value, list | tuple) and value and all(callable(item) for item in value):
         return tuple(value)
     raise ConfigurationError(
-        f"{name} must be a callable(input_ids, logits) or a non-empty list of them; got {value!r}"
+        f"{name} must be a callable(input_ids, logits) or a non-empty list of them; "
+        f"got {shown(value)}"
     )
 
 
@@ -211,29 +265,46 @@ class SamplerSettings:
     ``check_against_vocabulary`` (the model is needed for that).
     """
 
-    temperature: float = field(validator=_number("a finite number >= 0", 0.0))
+    temperature: float = field(converter=_to_float, validator=_number("a finite number >= 0", 0.0))
     top_k: int = field(
         default=40,
         converter=_whole,
         validator=_integer(f"an integer from 0 (no limit) to {INT32_MAX}", 0, INT32_MAX),
     )
-    top_p: float = field(default=0.95, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0))
-    min_p: float = field(default=0.05, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0))
+    top_p: float = field(
+        default=0.95, converter=_to_float, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0)
+    )
+    min_p: float = field(
+        default=0.05, converter=_to_float, validator=_number("a number from 0.0 to 1.0", 0.0, 1.0)
+    )
     typical_p: float = field(
-        default=1.0, validator=_number("a number from 0.0 to 1.0 (1.0 = off)", 0.0, 1.0)
+        default=1.0,
+        converter=_to_float,
+        validator=_number("a number from 0.0 to 1.0 (1.0 = off)", 0.0, 1.0),
     )
     repeat_penalty: float = field(
-        default=1.0, validator=_number("a finite number > 0 (1.0 = off)", 0.0, above=True)
+        default=1.0,
+        converter=_to_float,
+        validator=_number("a finite number > 0 (1.0 = off)", 0.0, above=True),
     )
-    frequency_penalty: float = field(default=0.0, validator=_number("a finite number (0.0 = off)"))
-    presence_penalty: float = field(default=0.0, validator=_number("a finite number (0.0 = off)"))
+    frequency_penalty: float = field(
+        default=0.0, converter=_to_float, validator=_number("a finite number (0.0 = off)")
+    )
+    presence_penalty: float = field(
+        default=0.0, converter=_to_float, validator=_number("a finite number (0.0 = off)")
+    )
     mirostat_mode: int = field(
         default=0, converter=_whole, validator=_integer("0 (off), 1 or 2", 0, 2)
     )
-    mirostat_tau: float = field(default=5.0, validator=_number("a finite number >= 0", 0.0))
-    mirostat_eta: float = field(default=0.1, validator=_number("a finite number >= 0", 0.0))
+    mirostat_tau: float = field(
+        default=5.0, converter=_to_float, validator=_number("a finite number >= 0", 0.0)
+    )
+    mirostat_eta: float = field(
+        default=0.1, converter=_to_float, validator=_number("a finite number >= 0", 0.0)
+    )
     seed: int | None = field(
         default=None,
+        converter=_integral,
         validator=_integer(f"None or an integer from 0 to {UINT32_MAX}", 0, UINT32_MAX, none=True),
     )
     logit_bias: tuple[tuple[int, float], ...] = field(default=(), converter=_logit_bias)
@@ -241,6 +312,7 @@ class SamplerSettings:
     grammar: str | None = field(default=None, converter=_grammar)
     logprobs: int | None = field(
         default=None,
+        converter=_integral,
         validator=_integer(
             "None or an integer >= 0 (alternatives per token, at most the vocabulary size)",
             0,

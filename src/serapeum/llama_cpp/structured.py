@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.shown import shown
 from serapeum.llama_cpp.errors import IncompleteJSONError, SchemaError
 
 __all__ = [
+    "MAX_GRAMMAR_BYTES",
+    "MAX_GRAMMAR_RULES",
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
     "IncompleteJSONError",
@@ -43,7 +46,20 @@ _COMPILED_PER_MODEL = 64
 # llguidance and the checks here would otherwise end in RecursionError); real schemas put
 # their nesting in $defs and stay far below it.
 MAX_SCHEMA_DEPTH = 100
-MAX_SCHEMA_BYTES = 4_000_000
+# llguidance refuses schemas far smaller than this as too large for its grammar; the bound
+# keeps its compiler's recursion within the stack it runs on (see _on_a_large_stack).
+MAX_SCHEMA_BYTES = 1_000_000
+# A GBNF grammar: its bytes bound the compiler's recursion as above; its rules bound the
+# conversion to llguidance's syntax, which takes time quadratic in a chain of rules.
+MAX_GRAMMAR_BYTES = 256_000
+MAX_GRAMMAR_RULES = 1_000
+# llguidance's compiler recurses once per level of a schema's or grammar's nesting, through
+# every $ref and rule reference, with no depth limit of its own: a chain of 1,000 $refs
+# (100 KB of JSON) overflows an 8 MiB thread stack and kills the process (SIGSEGV). It
+# needs about 300 bytes of stack per byte of input at worst, so it compiles on a thread
+# whose stack holds the largest input accepted with room to spare. The stack is reserved
+# address space; only the pages a compile touches are ever used.
+_COMPILE_STACK_BYTES = 512 * 2**20
 
 
 def schema_from_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -57,9 +73,19 @@ def schema_from_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
     if schema is None:
         return None
     if isinstance(schema, str):
+        if len(schema) > MAX_SCHEMA_BYTES:
+            raise SchemaError(
+                f"json_schema is {len(schema):,} characters of JSON, more than "
+                f"{MAX_SCHEMA_BYTES:,}; simplify it"
+            )
         try:
             schema = json.loads(schema)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            raise SchemaError(
+                f"json_schema is nested more than {MAX_SCHEMA_DEPTH} levels deep; move "
+                "repeated parts into $defs and refer to them with $ref"
+            ) from None
+        except ValueError as exc:  # not JSON, or a number Python will not read (5,000 digits)
             raise SchemaError(f"json_schema is not valid JSON: {exc}") from exc
     if not isinstance(schema, Mapping):
         raise SchemaError(
@@ -149,7 +175,13 @@ def _resolve(root: Mapping[str, Any], reference: str) -> Any:
         part = unquote(part).replace("~1", "/").replace("~0", "~")
         if isinstance(node, Mapping) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif (
+            isinstance(node, list)
+            and part.isascii()
+            and part.isdigit()
+            and len(part) < 10
+            and int(part) < len(node)
+        ):
             node = node[int(part)]
         else:
             return _UNKNOWN
@@ -163,23 +195,34 @@ def _admits_finite_value(root: Mapping[str, Any]) -> bool:
     (llguidance reports contradictions itself, at compile time).
     """
     finite: dict[str, bool] = {}  # local $ref -> known to allow a finite value
+    pending: deque[str] = deque()  # references to judge (again)
 
-    def allows(node: Any) -> bool:
+    def allows(node: Any, blocked_by: set[str]) -> bool:
+        """Judged with what is known now; the references that made it False go in
+        ``blocked_by`` (when one of them is proved finite, the answer may change). Every
+        part is judged, with no short cut, so every reference in it is met now."""
         if isinstance(node, bool):
             return node
         if not isinstance(node, Mapping):
             return True
         reference = node.get("$ref")
-        if isinstance(reference, str):
-            target = _resolve(root, reference)
-            if target is not _UNKNOWN and not finite.setdefault(reference, False):
+        if isinstance(reference, str) and _resolve(root, reference) is not _UNKNOWN:
+            if reference not in finite:
+                finite[reference] = False
+                pending.append(reference)
+            if not finite[reference]:
+                blocked_by.add(reference)
                 return False
         all_of = node.get("allOf")
-        if isinstance(all_of, list) and not all(allows(sub) for sub in all_of):
+        if isinstance(all_of, list) and not all([allows(sub, blocked_by) for sub in all_of]):
             return False
         for key in ("anyOf", "oneOf"):
             options = node.get(key)
-            if isinstance(options, list) and options and not any(allows(s) for s in options):
+            if (
+                isinstance(options, list)
+                and options
+                and not any([allows(sub, blocked_by) for sub in options])
+            ):
                 return False
         if "const" in node or "enum" in node:
             return True  # literal values
@@ -188,19 +231,23 @@ def _admits_finite_value(root: Mapping[str, Any]) -> bool:
             types = [types]
         if not isinstance(types, list):  # no type: any JSON type will do (a null, say)
             return True
-        return any(type_allows(kind, node) for kind in types)
+        return any([type_allows(kind, node, blocked_by) for kind in types])
 
-    def type_allows(kind: Any, node: Mapping[str, Any]) -> bool:
+    def type_allows(kind: Any, node: Mapping[str, Any], blocked_by: set[str]) -> bool:
         if kind == "object":
             properties = node.get("properties")
             properties = properties if isinstance(properties, Mapping) else {}
             extra = node.get("additionalProperties", True)
             required = node.get("required")
-            for name in required if isinstance(required, list) else ():
-                sub = properties.get(name, extra) if isinstance(name, str) else True
-                if not allows(sub):
-                    return False
-            return True
+            names = required if isinstance(required, list) else []
+            return all(
+                [
+                    allows(properties.get(name, extra), blocked_by)
+                    if isinstance(name, str)
+                    else True
+                    for name in names
+                ]
+            )
         if kind == "array":
             least = node.get("minItems", 0)
             if isinstance(least, bool) or not isinstance(least, int) or least <= 0:
@@ -210,27 +257,80 @@ def _admits_finite_value(root: Mapping[str, Any]) -> bool:
             if isinstance(items, list):  # draft 4-7 tuple form
                 prefix, items = items, node.get("additionalItems", True)
             prefix = prefix if isinstance(prefix, list) else []
-            if not all(allows(sub) for sub in prefix[:least]):
-                return False
-            return least <= len(prefix) or allows(items)
+            fixed = all([allows(sub, blocked_by) for sub in prefix[:least]])
+            rest = least <= len(prefix) or allows(items, blocked_by)
+            return fixed and rest
         return True  # strings, numbers, booleans, null: constraints are llguidance's
 
-    # References are registered as they are met (as not yet known to be finite) and proved
-    # finite one round at a time. Judging the root can meet references an earlier round
-    # never reached (a required property after one that was not yet proved), so the answer
-    # stands only once a whole round registers and proves nothing new.
-    while True:
-        before = dict(finite)
-        answer = allows(root)
-        for reference in list(finite):
-            if not finite[reference] and allows(_resolve(root, reference)):
-                finite[reference] = True
-        if finite == before:
-            return answer
+    # Each reference is judged when it is met, and judged again only when a reference its
+    # answer waited on is proved finite: linear in the schema for a chain of $defs (judging
+    # every reference every round took time quadratic in the chain).
+    waiting: dict[str, set[str]] = {}  # reference -> references whose answer waits on it
+    allows(root, set())
+    while pending:
+        reference = pending.popleft()
+        if finite[reference]:
+            continue
+        blocked_by: set[str] = set()
+        if allows(_resolve(root, reference), blocked_by):
+            finite[reference] = True
+            pending.extend(waiting.pop(reference, ()))
+        else:
+            for blocker in blocked_by:
+                waiting.setdefault(blocker, set()).add(reference)
+    return allows(root, set())
+
+
+_Result = TypeVar("_Result")
+_stack_size_lock = threading.Lock()
+
+
+def _on_a_large_stack(function: Callable[[], _Result]) -> _Result:
+    """``function()`` run on a thread with a ``_COMPILE_STACK_BYTES`` stack (see there)."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    for stack_bytes in (_COMPILE_STACK_BYTES, _COMPILE_STACK_BYTES // 8):
+        thread = threading.Thread(target=run, name="serapeum-llguidance-compile", daemon=True)
+        with _stack_size_lock:  # the size applies to threads started while it is set
+            previous = threading.stack_size(stack_bytes)
+            try:
+                thread.start()
+            except RuntimeError:  # no address space for the stack (ulimit -v): try less
+                continue
+            finally:
+                threading.stack_size(previous)
+        thread.join()
+        break
+    else:
+        run()  # no thread could start: compile here, as the caller would have
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def grammar_from_gbnf(grammar: str) -> str:
     """llguidance's form of a llama.cpp GBNF grammar; ``SchemaError`` if it does not parse."""
+    size = len(grammar.encode("utf-8", "surrogatepass"))
+    if size > MAX_GRAMMAR_BYTES:
+        raise SchemaError(
+            f"grammar is {size:,} bytes, more than {MAX_GRAMMAR_BYTES:,}; simplify it"
+        )
+    rules = grammar.count("::=")
+    if rules > MAX_GRAMMAR_RULES:
+        raise SchemaError(
+            f"grammar has {rules:,} rules, more than {MAX_GRAMMAR_RULES:,}; simplify it"
+        )
+    return _on_a_large_stack(lambda: _converted_gbnf(grammar))
+
+
+def _converted_gbnf(grammar: str) -> str:
     llguidance = JsonConstraints._llguidance()
     try:
         converted: str = llguidance.grammar_from("gbnf", grammar)
@@ -251,7 +351,7 @@ def _schema_of_response_format(value: Any) -> Any:
         raise ConfigurationError(
             "response_format must be {'type': 'json_object'} (any JSON object), "
             "{'type': 'json_object', 'schema': {...}} or "
-            "{'type': 'json_schema', 'json_schema': {'schema': {...}}}; got " + repr(value)
+            "{'type': 'json_schema', 'json_schema': {'schema': {...}}}; got " + shown(value)
         )
     if value["type"] == "text":
         return None
@@ -319,7 +419,7 @@ class JsonConstraints:
         with self._lock:
             template = self._compiled.get(key)
             if template is None:
-                template = self._compile(schema, grammar)
+                template = _on_a_large_stack(lambda: self._compile(schema, grammar))
                 self._compiled[key] = template
                 if len(self._compiled) > _COMPILED_PER_MODEL:
                     self._compiled.popitem(last=False)

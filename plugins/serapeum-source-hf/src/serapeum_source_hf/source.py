@@ -5,8 +5,8 @@ already rely on keeps working unchanged: the shared cache (``HF_HUB_CACHE`` /
 ``HF_HOME``), ``HF_TOKEN`` and ``hf auth login``, ``HF_ENDPOINT`` mirrors,
 ``HF_HUB_OFFLINE`` and pinned revisions (branches, tags, commit hashes).
 
-Every file is checked before it is returned: its GGUF structure, ``model_sha256`` (the
-blob's name when the cache names it by its SHA-256, a hash otherwise) and the engine's
+Every file is checked before it is returned: its GGUF structure, ``model_sha256`` (a
+hash of its content: a blob's name is only what the server claimed) and the engine's
 checked load (``ModelRequest.verify_file``). A refused file that this call downloaded is
 removed from the Hub cache; one that was already there is kept, and the error says how
 to remove it.

@@ -16,7 +16,7 @@ from typing import TypedDict
 
 from attrs import frozen
 from huggingface_hub import constants
-from huggingface_hub.file_download import REGEX_SHA256, repo_folder_name
+from huggingface_hub.file_download import repo_folder_name
 
 from serapeum.core.errors import MalformedGGUFError, NotGGUFError
 from serapeum.core.gguf import check_gguf
@@ -114,13 +114,6 @@ def blob_of(pointer: Path, storage: Path) -> Path | None:
     return target if target.parent == blobs else None
 
 
-def known_sha256(added: Added) -> str | None:
-    """The SHA-256 the cache already names the file by (LFS blobs), when it does."""
-    if added.blob_path is not None and REGEX_SHA256.fullmatch(added.blob_path.name):
-        return added.blob_path.name
-    return None
-
-
 def file_sha256(path: Path) -> str:
     """Hashed once per file identity (the engine's ``model_sha256`` check reuses it)."""
     return sha256_of(path)
@@ -146,9 +139,14 @@ def check_structure(added: Added, where: str, ids: Where) -> None:
 
 
 def check_sha256(added: Added, expected: str, where: str, ids: Where) -> None:
-    """Compare with ``model_sha256``: the blob's name when it is the SHA-256, else a hash."""
+    """Compare the file's content with ``model_sha256``.
+
+    Always a hash of the bytes (once per file and process, shared with the engine's own
+    check): an LFS blob's name is the ETag the server (or an ``HF_ENDPOINT`` mirror) sent,
+    not a digest anyone computed, so it proves nothing about what was written.
+    """
     expected = expected.strip().lower()
-    actual = known_sha256(added) or file_sha256(added.pointer)
+    actual = file_sha256(added.pointer)
     if actual == expected:
         return
     if added.anything:

@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 from serapeum.core.cache_dir import cache_dir
+from serapeum.core.errors import ConfigurationError
 from serapeum.core.redact import redact_url
 from serapeum_source_url.errors import UnsafeCachePathError
 
@@ -17,7 +18,11 @@ DEFAULT_NAME = "model.gguf"
 
 def safe_file_name(url: str) -> str:
     """The URL's last path segment reduced to safe characters (never ``..`` or a path)."""
-    segment = PurePosixPath(unquote(urlsplit(url).path)).name
+    try:
+        path = urlsplit(url).path
+    except ValueError as exc:  # e.g. "http://[::1" (an unclosed IPv6 host)
+        raise ConfigurationError(f"{redact_url(url)!r} is not a valid URL: {exc}") from None
+    segment = PurePosixPath(unquote(path)).name
     name = _UNSAFE.sub("_", segment).lstrip(".")
     return name[:200] or DEFAULT_NAME
 

@@ -16,14 +16,31 @@ a server that compresses anyway is decoded, its wire bytes counted against
 callers download once and share the result. A server that cannot be reached at all
 (refused, unknown host) is tried twice, not for minutes; TLS and URL errors not again.
 
+What a hostile or broken server can do is bounded: no more bytes are written than the
+response announced (a body that goes on past its ``Content-Length``, say chunked and
+endless, is cut off and discarded; a compressed one may not inflate past
+``MAX_INFLATION`` times its wire size); a body that does not start with the GGUF magic
+is refused at its first bytes; a file larger than the free disk space is refused before
+a byte is written. The read timeout bounds each wait for data, and a watchdog
+(``stall.py``) ends a transfer, headers included, whose speed stays below
+``DownloadSettings.min_bytes_per_second`` for ``slow_seconds`` (1 KiB/s for 30 s by
+default), or whose headers take longer than the connect and read timeouts together: a
+server dripping a byte a second is dropped after about 30 s (70 s in its headers), and
+tried once more (resuming). A server that sends just above that floor is a slow server, not a hung
+one, and is waited for; set ``max_seconds`` to bound a whole transfer.
+
+Nothing placed in the cache can redirect the download: a symbolic link, FIFO or device
+at ``<target>.part`` or ``.part.meta`` is removed, not written through or opened
+(``part_files.py``).
+
 A file already at ``<target>`` is never deleted here: a SHA-256 that does not match it
 raises ``ChecksumMismatchError`` and keeps it (the message says how to remove it).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,9 +53,9 @@ from filelock import FileLock
 
 from serapeum.core.cache_dir import ensure_cache_directory
 from serapeum.core.errors import CacheDirectoryError as CoreCacheDirectoryError
-from serapeum.core.errors import MalformedGGUFError, NotGGUFError, SerapeumError
+from serapeum.core.errors import MalformedGGUFError, ModelFileError, NotGGUFError, SerapeumError
 from serapeum.core.gguf import check_gguf
-from serapeum.core.model_files import sha256_of
+from serapeum.core.model_files import note_rename, require_regular_file, sha256_of
 from serapeum.core.redact import redact_logger, redact_text, redact_url
 from serapeum_source_url.errors import (
     CacheDirectoryError,
@@ -48,6 +65,15 @@ from serapeum_source_url.errors import (
     MalformedModelError,
     NotAModelError,
 )
+from serapeum_source_url.part_files import (
+    Resume,
+    meta_path,
+    open_part,
+    part_size,
+    read_resume,
+    write_resume,
+)
+from serapeum_source_url.stall import Watchdog, watched_session
 
 GGUF_MAGIC = b"GGUF"
 MIN_MODEL_BYTES = 64  # a GGUF header alone is larger than anything below this
@@ -78,14 +104,11 @@ class DownloadSettings:
     read_timeout: float = 60.0
     retries: int = 4
     backoff_seconds: float = 0.5  # doubled after each failed attempt
-
-
-@frozen
-class _Resume:
-    """What ``<target>.part.meta`` remembers of the response the ``.part`` bytes came from."""
-
-    validator: str  # a strong ETag or a Last-Modified date, sent back as If-Range
-    total: int
+    # The watchdog: a transfer (headers included) averaging less than this over any
+    # ``slow_seconds`` is ended (0 turns it off); ``max_seconds`` bounds a whole attempt.
+    min_bytes_per_second: float = 1024.0
+    slow_seconds: float = 30.0
+    max_seconds: float | None = None
 
 
 @frozen
@@ -94,14 +117,18 @@ class _Plan:
 
     total: int
     append: bool
-    resume: _Resume | None  # None: this transfer cannot be resumed (no validator, compressed)
+    resume: Resume | None  # None: this transfer cannot be resumed (no validator, compressed)
     compressed: bool
     wire_length: int
 
 
-# Attempts at reaching a server that refuses connections or cannot be resolved: a
-# network blip is worth one more try, a wrong host or port is not worth a minute.
+# Attempts at reaching a server that refuses connections or cannot be resolved, or that
+# the watchdog found too slow: a network blip is worth one more try, a wrong host or
+# port (or a server dripping bytes) is not worth minutes.
 CONNECT_ATTEMPTS = 2
+# A compressed body may decode to at most this many times its wire size (a gzip bomb
+# inflates a thousandfold; model weights barely compress).
+MAX_INFLATION = 100
 
 
 class _Transient(Exception):
@@ -109,7 +136,8 @@ class _Transient(Exception):
 
 
 class _Unreachable(_Transient):
-    """No connection could be made (refused, unknown host): retried, but not for long."""
+    """No connection could be made (refused, unknown host) or the watchdog ended a
+    transfer that hardly moved: retried, but not for long."""
 
 
 def download_model(
@@ -139,12 +167,13 @@ def download_model(
         raise _cache_error(target.parent, error, url) from error
     try:
         if target.exists():
+            _require_cached_file(target, url)
             if sha256 is not None:
                 _check_cached_sha256(target, sha256, url)
             return target
         part = _part_path(target)
         try:
-            _fetch_with_retries(url, part, settings, session or requests.Session(), progress)
+            _fetch_with_retries(url, part, settings, session or watched_session(), progress)
         except DownloadError:
             raise
         except OSError as error:  # writing the .part: disk full, permissions changed...
@@ -155,12 +184,25 @@ def download_model(
         lock.release()
 
 
+def _require_cached_file(target: Path, url: str) -> None:
+    """What is at the final path must be a regular file (a directory or FIFO placed
+    there is reported, never used or removed)."""
+    try:
+        require_regular_file(target, what="cached model file")
+    except ModelFileError as error:
+        raise CacheDirectoryError(
+            f"{error} It is in the way of the download of {redact_url(url)}: move it away "
+            "and run again",
+            url=url,
+        ) from error
+
+
 def _part_path(target: Path) -> Path:
     return target.with_name(target.name + ".part")
 
 
 def _meta_path(part: Path) -> Path:
-    return part.with_name(part.name + ".meta")
+    return meta_path(part)
 
 
 def _prepare_directory(directory: Path, url: str) -> None:
@@ -200,7 +242,9 @@ def _install(
                 f"was installed at {target}."
             )
         raise
+    before = os.stat(part)
     os.replace(part, target)
+    note_rename(before, target)  # a SHA-256 taken of the .part still counts
     _meta_path(part).unlink(missing_ok=True)
 
 
@@ -233,14 +277,17 @@ def _fetch_with_retries(
 
 
 # Failures no retry can fix: a malformed URL, a scheme requests cannot fetch, a TLS
-# certificate or protocol problem.
+# certificate or protocol problem, a redirect loop.
 _PERMANENT: tuple[type[Exception], ...] = (
     requests.exceptions.InvalidURL,
     requests.exceptions.MissingSchema,
     requests.exceptions.InvalidSchema,
     requests.exceptions.InvalidHeader,
     requests.exceptions.SSLError,
+    requests.exceptions.TooManyRedirects,
 )
+# What reading a body can raise when the connection breaks (or the watchdog ends it).
+_BROKEN = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
 def _fetch(
@@ -250,12 +297,35 @@ def _fetch(
     session: requests.Session,
     progress: bool | ProgressCallback | None,
 ) -> None:
-    have = part.stat().st_size if part.exists() else 0
-    stored = _read_resume(part) if have else None
+    watchdog = Watchdog(
+        settings.min_bytes_per_second,
+        settings.slow_seconds,
+        settings.max_seconds,
+        header_seconds=settings.connect_timeout + settings.read_timeout,
+    )
+    with watchdog:
+        try:
+            _fetch_watched(url, part, settings, session, progress, watchdog)
+        except _Transient as exc:
+            if watchdog.fired is None:
+                raise
+            raise _Unreachable(f"{watchdog.fired}; {exc}") from None
+
+
+def _fetch_watched(
+    url: str,
+    part: Path,
+    settings: DownloadSettings,
+    session: requests.Session,
+    progress: bool | ProgressCallback | None,
+    watchdog: Watchdog,
+) -> None:
+    have = part_size(part)
+    stored = read_resume(part) if have else None
     # Compressed transfers are asked not to happen; a range is asked only with If-Range, so
     # a file that changed since the .part bytes were received comes back whole (200).
     headers = {"Accept-Encoding": "identity"}
-    if have and stored is not None:
+    if have and stored is not None and have < stored.total:
         headers["Range"] = f"bytes={have}-"
         headers["If-Range"] = stored.validator
     else:
@@ -278,28 +348,52 @@ def _fetch(
     except requests.exceptions.RequestException as exc:
         raise _Transient(f"could not connect: {redact_text(str(exc))}") from None
     with response:
+        if watchdog.fired is not None:  # the headers were cut off by the watchdog
+            raise _Transient("the response headers never completed")
+        watchdog.watch_response(response)
         plan = _check_response(response, url, part, have, stored)
         if not plan.append:
             have = 0
+        _require_space(part, plan, have, url)
         report = _progress_reporter(
             progress, plan.wire_length if plan.compressed else plan.total, have, part.name
         )
+        limit = plan.wire_length * MAX_INFLATION + READ_BYTES if plan.compressed else plan.total
+        fresh = have == 0
+        failure: SerapeumError | _Transient | None = None
+        discard = False
         try:
-            with part.open("ab" if plan.append else "wb") as sink:
+            with open_part(part, append=plan.append) as sink:
                 if not plan.append:  # the .part is now empty: remember what it will hold
-                    _write_resume(part, plan.resume)
-                for chunk in response.iter_content(READ_BYTES):
+                    write_resume(part, plan.resume)
+                while True:
+                    try:
+                        chunk = response.raw.read1(READ_BYTES, decode_content=True)
+                    except _BROKEN as exc:
+                        failure = _Transient(
+                            f"the connection broke after {have} of {plan.total} bytes: "
+                            f"{redact_text(str(exc))}"
+                        )
+                        discard = plan.compressed  # a compressed transfer is never resumed
+                        break
+                    if not chunk:
+                        break
+                    watchdog.received(len(chunk))
+                    if have + len(chunk) > limit:
+                        failure, discard = _Transient(_overflow(plan, have + len(chunk))), True
+                        break
+                    if fresh and have == 0 and not GGUF_MAGIC.startswith(chunk[:4]):
+                        failure, discard = _not_gguf(url, chunk[:4]), True
+                        break
                     sink.write(chunk)
                     have += len(chunk)
                     report(response.raw.tell() if plan.compressed else have)
-        except requests.exceptions.RequestException as exc:
-            if plan.compressed:  # a compressed transfer is never resumed
-                _discard(part)
-            raise _Transient(
-                f"the connection broke after {have} of {plan.total} bytes: {redact_text(str(exc))}"
-            ) from None
         finally:
             report(None)
+        if failure is not None:
+            if discard:
+                _discard(part)
+            raise failure
         wire = response.raw.tell()
     if plan.compressed:
         if wire != plan.wire_length:
@@ -307,6 +401,45 @@ def _fetch(
             raise _Transient(f"the server sent {wire} of {plan.wire_length} compressed bytes")
     elif have != plan.total:
         raise _Transient(f"the server sent {have} of {plan.total} bytes")
+
+
+def _overflow(plan: _Plan, received: int) -> str:
+    if plan.compressed:
+        return (
+            f"the compressed body inflated to more than {MAX_INFLATION} times its "
+            f"{plan.wire_length:,} bytes (a compression bomb?); the partial file was discarded"
+        )
+    return (
+        f"the server sent more than the {plan.total:,} bytes it announced ({received:,} "
+        "so far); the partial file was discarded"
+    )
+
+
+def _not_gguf(url: str, head: bytes) -> NotAModelError:
+    """A body that does not start like a GGUF file: refused at its first bytes, not after
+    gigabytes of a wrong link."""
+    return NotAModelError(
+        f"{redact_url(url)} did not send a GGUF model (it starts with {head!r}); use the "
+        "direct link to a .gguf file",
+        url=url,
+    )
+
+
+def _require_space(part: Path, plan: _Plan, have: int, url: str) -> None:
+    """Refuse a file larger than the free disk space before writing a byte of it."""
+    if plan.compressed:
+        return  # the decoded size is unknown until the end
+    try:
+        free = shutil.disk_usage(part.parent).free
+    except OSError:
+        return
+    needed = plan.total - have
+    if needed > free:
+        raise CacheDirectoryError(
+            f"{redact_url(url)} is {plan.total:,} bytes but only {free:,} bytes are free "
+            f"in {part.parent}; free some space or set SERAPEUM_CACHE_DIR to a larger disk",
+            url=url,
+        )
 
 
 def _no_connection(error: requests.exceptions.ConnectionError) -> bool:
@@ -318,7 +451,7 @@ def _no_connection(error: requests.exceptions.ConnectionError) -> bool:
 
 
 def _check_response(
-    response: requests.Response, url: str, part: Path, have: int, stored: _Resume | None
+    response: requests.Response, url: str, part: Path, have: int, stored: Resume | None
 ) -> _Plan:
     """Classify the answer: how big the file is, and whether to append to the ``.part``."""
     status = response.status_code
@@ -381,7 +514,7 @@ def _check_response(
         return _Plan(0, append=False, resume=None, compressed=True, wire_length=wire)
     if wire < MIN_MODEL_BYTES:
         raise NotAModelError(f"{shown} is only {wire} bytes: too small to be a model", url=url)
-    resume = _Resume(validator, wire) if validator is not None else None
+    resume = Resume(validator, wire) if validator is not None else None
     return _Plan(wire, append=False, resume=resume, compressed=False, wire_length=wire)
 
 
@@ -391,23 +524,6 @@ def _validator(headers: requests.structures.CaseInsensitiveDict[str]) -> str | N
     if etag and not etag.startswith("W/"):
         return etag
     return headers.get("Last-Modified", "").strip() or None
-
-
-def _read_resume(part: Path) -> _Resume | None:
-    try:
-        data = json.loads(_meta_path(part).read_text(encoding="utf-8"))
-        return _Resume(validator=str(data["validator"]), total=int(data["total"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # none, unreadable or torn: the .part cannot be trusted to resume
-
-
-def _write_resume(part: Path, resume: _Resume | None) -> None:
-    meta = _meta_path(part)
-    if resume is None:
-        meta.unlink(missing_ok=True)
-        return
-    data = {"validator": resume.validator, "total": resume.total}
-    meta.write_text(json.dumps(data), encoding="utf-8")
 
 
 def _content_range(header: str) -> tuple[int, int]:

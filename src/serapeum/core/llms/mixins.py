@@ -16,6 +16,7 @@ from serapeum.core.llms.types import (
     Message,
     MessageRole,
 )
+from serapeum.core.shown import shown
 
 __all__ = ["CompletionToChatMixin", "check_messages"]
 
@@ -74,14 +75,14 @@ def check_messages(messages: Any) -> None:
     if isinstance(messages, str | bytes | Message) or not isinstance(messages, Sequence):
         raise ArgumentTypeError(
             "messages must be a list of serapeum Message objects, e.g. "
-            f"[Message.user('hello')]; got {type(messages).__name__} {messages!r:.100}"
+            f"[Message.user('hello')]; got {type(messages).__name__} {shown(messages)}"
         )
     for index, message in enumerate(messages):
         if not isinstance(message, Message):
             raise ArgumentTypeError(
                 f"messages[{index}] must be a serapeum Message, e.g. Message.user('hello') or "
                 f"Message(role='user', content='hello'); got {type(message).__name__} "
-                f"{message!r:.100}"
+                f"{shown(message)}"
             )
         try:
             message.content.encode("utf-8")

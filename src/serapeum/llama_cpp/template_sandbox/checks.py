@@ -170,7 +170,7 @@ def check_binop(budget: Budget, operator: str, left: Any, right: Any) -> None:
                 elif isinstance(seq, list | tuple):
                     budget.need((budget.weigh(seq) - 8) * max(count, 0), "repeating a list")
         if isinstance(left, int) and isinstance(right, int):
-            _check_bits(left.bit_length() + right.bit_length())
+            check_bits(left.bit_length() + right.bit_length())
     elif operator == "+":
         if isinstance(left, str | bytes) and isinstance(right, str | bytes):
             budget.need(len(left) + len(right), "+")
@@ -186,9 +186,10 @@ def check_binop(budget: Budget, operator: str, left: Any, right: Any) -> None:
         and right > 0
         and abs(left) > 1
     ):
-        _check_bits(left.bit_length() * right)
+        check_bits(left.bit_length() * right)
 
 
-def _check_bits(bits: int) -> None:
+def check_bits(bits: int) -> None:
+    """Refuse, before it is built, an integer of ``bits`` bits if it is too large."""
     if bits > MAX_INT_BITS:
         raise _Stop(f"the template would build a {bits:,}-bit integer (limit {MAX_INT_BITS:,})")

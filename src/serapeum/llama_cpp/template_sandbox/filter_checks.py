@@ -16,6 +16,7 @@ from serapeum.llama_cpp.template_sandbox.checks import (
     LINE_BREAKS,
     Args,
     Kwargs,
+    check_bits,
     materialize,
     param,
     replaced_size,
@@ -101,6 +102,16 @@ def _slice_check(budget: Budget, value: Any, args: Args, kwargs: Kwargs) -> Any:
     count = param(args, kwargs, 0, "slices", 1)
     if isinstance(count, int):
         budget.need(16 * count, "slice")
+    return value
+
+
+@_filter_check("round")
+def _round_check(budget: Budget, value: Any, args: Args, kwargs: Kwargs) -> Any:
+    # round(int, -n) computes 10**n first, in one C call no deadline interrupts:
+    # ``5|round(-1000000000)`` would run for hours.
+    precision = param(args, kwargs, 0, "precision", 0)
+    if isinstance(value, int) and isinstance(precision, int) and precision < 0:
+        check_bits(-precision * 10 // 3)
     return value
 
 

@@ -77,10 +77,19 @@ def _sum_filter(environment: Any, iterable: Any, attribute: Any = None, start: A
 
 def _lipsum(n: Any = 5, html: Any = True, min: Any = 20, max: Any = 100) -> str:
     budget = current_budget()
-    paragraphs, longest = n, max
-    if isinstance(paragraphs, int) and isinstance(longest, int):
-        budget.need(abs(paragraphs) * abs(longest) * 12, "lipsum")
+    # Python's random.randrange takes whole floats too (lipsum(1, false, 10, 1e8)): the
+    # sizes are checked as the integers they stand for, and anything else is refused.
+    n, min, max = (_whole_number(value, "lipsum") for value in (n, min, max))
+    budget.need(abs(n) * abs(max) * 12, "lipsum")
     return generate_lorem_ipsum(n=n, html=html, min=min, max=max)  # type: ignore[no-any-return]
+
+
+def _whole_number(value: Any, what: str) -> int:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise TypeError(f"{what}() takes whole numbers, got {type(value).__name__}")
 
 
 def bounded_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:

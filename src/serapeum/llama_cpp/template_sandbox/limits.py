@@ -35,6 +35,14 @@ VALUE_PER_INPUT = 8
 """Per-value and output bounds are at least this multiple of the conversation's size."""
 ALLOCATED_PER_INPUT = 32
 """The allocation budget is at least this multiple of the conversation's size."""
+MAX_SCALED_CHARS = 24_000_000
+"""Where the size bounds stop scaling with the conversation. A render can hold at most the
+allocation budget plus one value over it before it is stopped: (32M + 24M) characters,
+224 MB at 4 bytes a character (emoji, CJK), so no render grows the process by more than
+256 MB whatever the conversation. One of tens of millions of characters fits no context
+window anyway; its render fails as too large."""
+MAX_SCALED_SECONDS = 4.0
+"""Where the time bound's scaling stops: no render runs longer, whatever the conversation."""
 
 
 # Underscored though shared by the package: it never leaves the sandbox (the caller sees
@@ -55,11 +63,15 @@ class Limits:
 
     @classmethod
     def for_input(cls, chars: int, messages: int) -> Limits:
-        value = max(MAX_VALUE_CHARS, VALUE_PER_INPUT * chars)
+        value = max(MAX_VALUE_CHARS, min(VALUE_PER_INPUT * chars, MAX_SCALED_CHARS))
         return cls(
             value_chars=value,
-            output_chars=max(MAX_OUTPUT_CHARS, VALUE_PER_INPUT * chars),
-            allocated_chars=max(MAX_ALLOCATED_CHARS, ALLOCATED_PER_INPUT * chars),
+            output_chars=max(MAX_OUTPUT_CHARS, min(VALUE_PER_INPUT * chars, MAX_SCALED_CHARS)),
+            allocated_chars=max(
+                MAX_ALLOCATED_CHARS, min(ALLOCATED_PER_INPUT * chars, MAX_SCALED_CHARS)
+            ),
             steps=max(MAX_STEPS, 4 * chars, 200 * messages),
-            seconds=MAX_SECONDS + SECONDS_PER_MILLION_CHARS * chars / 1_000_000,
+            seconds=min(
+                MAX_SECONDS + SECONDS_PER_MILLION_CHARS * chars / 1_000_000, MAX_SCALED_SECONDS
+            ),
         )

@@ -42,6 +42,7 @@ from serapeum.core.plugins import (
 from serapeum.core.redact import redact_url
 from serapeum.core.shown import shown
 from serapeum.llama_cpp import reentry
+from serapeum.llama_cpp.checked_load import checked_load as load_in_child
 from serapeum.llama_cpp.errors import ContextWindowExceededError
 from serapeum.llama_cpp.formatting import (
     PromptWriter,
@@ -357,8 +358,12 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         )
 
     def _load(self, backend: BackendSpec, path: Path, options: dict[str, Any]) -> LoadedModel:
-        """Load through the backend, after the checked load (a child process) for new files."""
-        verify_model_file(path, checked_load=self.checked_load)
+        """Load through the backend, after the checked load (a child process) for new files.
+
+        The structure check already ran in ``__attrs_post_init__``; only the probe is left.
+        """
+        if self.checked_load:
+            load_in_child(path)
         return backend.load(path, options)
 
     def _prompt_writer(

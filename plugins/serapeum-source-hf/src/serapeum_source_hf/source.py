@@ -41,11 +41,8 @@ from serapeum_source_hf.errors import (
     HfAccessError,
     HfAmbiguousFilenameError,
     HfCacheDirectoryError,
-    HfChecksumMismatchError,
     HfDownloadError,
     HfFileNotFoundError,
-    HfMalformedModelError,
-    HfNotAModelError,
     HfOfflineError,
     HfRepositoryNotFoundError,
     HfRevisionNotFoundError,
@@ -59,24 +56,8 @@ from serapeum_source_hf.verify import (
     check_structure,
 )
 
-__all__ = [
-    "HF_SOURCE",
-    "HfAccessError",
-    "HfAmbiguousFilenameError",
-    "HfCacheDirectoryError",
-    "HfChecksumMismatchError",
-    "HfDownloadError",
-    "HfFileNotFoundError",
-    "HfMalformedModelError",
-    "HfNotAModelError",
-    "HfOfflineError",
-    "HfRepositoryNotFoundError",
-    "HfRevisionNotFoundError",
-    "HfSourceError",
-    "download_gguf",
-    "select_filename",
-    "split_shards",
-]
+# The errors are exported by the package (``serapeum_source_hf``), their one public home.
+__all__ = ["HF_SOURCE", "download_gguf", "select_filename", "split_shards"]
 
 GLOB_CHARACTERS = frozenset("*?[")
 # llama.cpp's gguf-split naming: <prefix>-00001-of-00003.gguf

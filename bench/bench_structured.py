@@ -32,8 +32,8 @@ from pydantic import BaseModel, Field
 from serapeum.core.llms import TextCompletionLLM
 from serapeum.core.output_parsers import OutputParserError
 from serapeum.llama_cpp import LlamaCPP
+from serapeum.llama_cpp.backend.structured import IncompleteJSONError, JsonConstraints
 from serapeum.llama_cpp.demo import demo_model_path
-from serapeum.llama_cpp.structured import IncompleteJSONError, JsonConstraints
 
 REPORT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION = "## Structured output"

@@ -29,7 +29,8 @@ def test_installed_plugins_are_discovered(plugin_host: PluginHost) -> None:
     assert plugin_host.formatters.entry("llama3").distribution == "serapeum-formatters-llama"
     assert plugin_host.formatters.entry("mistral").distribution == "serapeum-formatters-mistral"
     assert {"local", "url", "hf"} <= {entry.item.name for entry in plugin_host.sources}
-    assert plugin_host.backends.names() == ["llama-cpp"]
+    assert plugin_host.backends.names() == ["llama-cpp", "server"]
+    assert plugin_host.backends.entry("server").distribution == "serapeum-backend-server"
     assert plugin_host.failures == []
 
 

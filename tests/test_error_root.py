@@ -19,6 +19,7 @@ PACKAGES = [
     ("serapeum_source_local", "serapeum_source_local"),
     ("serapeum_source_url", "serapeum_source_url"),
     ("serapeum_source_hf", "serapeum_source_hf"),
+    ("serapeum_backend_server", "serapeum_backend_server"),
 ]
 SKIP_MODULES = {"serapeum.llama_cpp.__main__", "serapeum.llama_cpp.checked_load"}
 

@@ -23,16 +23,16 @@ from serapeum.core.errors import ArgumentTypeError, ConfigurationError, Serapeum
 from serapeum.core.llms import Message
 from serapeum.core.llms.mixins import check_messages
 from serapeum.llama_cpp import LlamaCPP
-from serapeum.llama_cpp.chat_template import ChatTemplateError, render_chat_template
-from serapeum.llama_cpp.errors import ContextWindowExceededError, SchemaError
-from serapeum.llama_cpp.llm import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
-from serapeum.llama_cpp.load_options import check_load_options
-from serapeum.llama_cpp.structured import (
+from serapeum.llama_cpp.backend.structured import (
     MAX_GRAMMAR_BYTES,
     MAX_GRAMMAR_RULES,
     _admits_finite_value,
     schema_from_options,
 )
+from serapeum.llama_cpp.chat_template import ChatTemplateError, render_chat_template
+from serapeum.llama_cpp.errors import ContextWindowExceededError, SchemaError
+from serapeum.llama_cpp.llm import MAX_STOP_CHARS, MAX_STOP_SEQUENCES
+from serapeum.llama_cpp.load_options import check_load_options
 from serapeum.llama_cpp.template_sandbox.limits import Limits
 
 HUGE = 10**5000  # repr() of it raises ValueError (Python's 4,300-digit limit)

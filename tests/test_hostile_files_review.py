@@ -271,7 +271,7 @@ def test_the_checked_load_child_does_not_import_from_the_working_directory(
 def test_a_huge_context_length_does_not_size_the_tokenizer_buffer(
     tmp_path: Path, tiny_model_path: Path
 ) -> None:
-    from serapeum.llama_cpp.llama_loader import new_llama
+    from serapeum.llama_cpp.backend.llama_loader import new_llama
 
     path = _set_field(
         _copy(tiny_model_path, tmp_path / "ctx.gguf"), "llama.context_length", 2**32 - 1

@@ -25,10 +25,10 @@ import pytest
 from serapeum.core.errors import ConfigurationError, SerapeumError
 from serapeum.core.llms import Message
 from serapeum.llama_cpp import LlamaCPP
+from serapeum.llama_cpp.backend.sampling import SamplerSettings, check_against_vocabulary
+from serapeum.llama_cpp.backend.structured import MAX_SCHEMA_DEPTH, check_schema
 from serapeum.llama_cpp.errors import IncompleteJSONError, ModelBusyError, SchemaError
 from serapeum.llama_cpp.load_options import KV_CACHE_TYPES, check_load_options
-from serapeum.llama_cpp.sampling import SamplerSettings, check_against_vocabulary
-from serapeum.llama_cpp.structured import MAX_SCHEMA_DEPTH, check_schema
 
 TINY_VOCAB = 471  # the tiny model's vocabulary size (testing.tiny_model)
 
@@ -593,7 +593,7 @@ def test_a_wrong_type_is_also_a_type_error(tiny_model_path: Path) -> None:
 
 def test_a_schema_with_several_required_references_is_finite() -> None:
     """Regression: the second required $ref was never proved (pydantic's nested models)."""
-    from serapeum.llama_cpp.structured import check_schema
+    from serapeum.llama_cpp.backend.structured import check_schema
 
     person = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
     address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

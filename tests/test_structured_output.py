@@ -21,7 +21,7 @@ from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms import FinishReason, TextCompletionLLM
 from serapeum.core.output_parsers import AttrsParser, OutputParserError, PydanticParser
 from serapeum.llama_cpp import LlamaCPP
-from serapeum.llama_cpp.structured import IncompleteJSONError, SchemaError
+from serapeum.llama_cpp.backend.structured import IncompleteJSONError, SchemaError
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan, common_prefix_length
-from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
+from serapeum.llama_cpp.backend.evaluated_tokens import (
+    EvaluatedTokens,
+    PromptPlan,
+    common_prefix_length,
+)
+from serapeum.llama_cpp.backend.text_stream import StopScanner, Utf8Assembler
 
 
 def test_a_character_split_over_four_pieces_comes_out_once_whole() -> None:

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 __all__ = [
     "ArgumentTypeError",
+    "BackendNotInstalledError",
     "CacheDirectoryError",
     "ChecksumMismatchError",
     "ConfigurationError",
+    "IncompleteJSONError",
     "MalformedGGUFError",
     "ModelFileError",
     "NotGGUFError",
@@ -23,6 +25,7 @@ __all__ = [
     "PluginLoadError",
     "PluginValidationError",
     "PromptFormatError",
+    "SchemaError",
     "SerapeumError",
     "SourceNotInstalledError",
     "UnknownPluginError",
@@ -123,6 +126,16 @@ class SourceNotInstalledError(PluginError, ConfigurationError):
         self.distribution = distribution
 
 
+class BackendNotInstalledError(UnknownPluginError):
+    """The backend asked for is not installed; names the distribution that provides it."""
+
+    def __init__(
+        self, message: str, *, name: str, available: Sequence[str], distribution: str
+    ) -> None:
+        super().__init__(message, name=name, available=available)
+        self.distribution = distribution
+
+
 # -- prompts and outputs ------------------------------------------------------------------
 class PromptFormatError(SerapeumError, ValueError):
     """The conversation does not fit the prompt format (e.g. roles out of order)."""
@@ -134,3 +147,18 @@ class OutputParserError(SerapeumError, ValueError):
     def __init__(self, message: str, *, raw_text: str) -> None:
         super().__init__(f"{message}. Raw output: {raw_text[:500]!r}")
         self.raw_text = raw_text
+
+
+class SchemaError(ConfigurationError):
+    """The JSON Schema cannot constrain generation: invalid, unsatisfiable, or unsupported by the backend."""
+
+
+class IncompleteJSONError(SerapeumError, ValueError):
+    """Generation ended before the constrained JSON value was complete.
+
+    ``text`` is what was generated; raise ``max_new_tokens`` (or shorten the prompt) and retry.
+    """
+
+    def __init__(self, message: str, *, text: str) -> None:
+        super().__init__(message)
+        self.text = text

@@ -224,8 +224,8 @@ _PROBE_TEXT = bytes(range(256)) + " Hello, world! é ß Ω Ж 漢字 한국어 �
 def _child(path: str) -> int:
     """Load the file, tokenize and detokenize the probe text, evaluate a few tokens;
     report as one JSON line on stdout."""
-    from serapeum.llama_cpp import native_log
-    from serapeum.llama_cpp.llama_loader import new_llama
+    from serapeum.llama_cpp.backend import native_log
+    from serapeum.llama_cpp.backend.llama_loader import new_llama
 
     native_log.install()
     report: dict[str, Any]

@@ -40,7 +40,7 @@ import os
 import sys
 import traceback
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -283,16 +283,14 @@ def _llm(args: argparse.Namespace) -> Any:
     )
 
 
-def _stream(chunks: Iterator[Any]) -> str:
+def _stream(chunks: Generator[Any, None, None]) -> str:
     text = ""
     try:
         for chunk in chunks:
             _out(chunk.delta, end="")
             text += chunk.delta
     finally:  # a closed pipe or Ctrl-C ends the generation now, freeing the model
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        chunks.close()
     _out()
     return text
 

@@ -2,7 +2,7 @@
 
 Configuration problems subclass ``ValueError`` as the seed's did; all derive from
 ``serapeum.core.errors.SerapeumError``. The errors the engine shares with plugins (model
-files, checksums, the cache) are defined in core and re-exported here.
+files, checksums, the cache, constrained output) are defined in core and re-exported here.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from serapeum.core.errors import (
     CacheDirectoryError,
     ChecksumMismatchError,
     ConfigurationError,
+    IncompleteJSONError,
     MalformedGGUFError,
     ModelFileError,
     NotGGUFError,
+    SchemaError,
     SerapeumError,
 )
 
@@ -77,18 +79,3 @@ class DecodeError(SerapeumError, RuntimeError):
 
 class ChatTemplateError(SerapeumError, ValueError):
     """The model's chat template is unusable, unsafe, or refused the conversation."""
-
-
-class SchemaError(ConfigurationError):
-    """The JSON Schema cannot constrain generation: invalid, unsatisfiable or unsupported."""
-
-
-class IncompleteJSONError(SerapeumError, ValueError):
-    """Generation ended before the constrained JSON value was complete.
-
-    ``text`` is what was generated; raise ``max_new_tokens`` (or shorten the prompt) and retry.
-    """
-
-    def __init__(self, message: str, *, text: str) -> None:
-        super().__init__(message)
-        self.text = text

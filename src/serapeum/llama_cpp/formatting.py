@@ -145,7 +145,7 @@ def detect_formatter(info: ModelInfo, plugins: PluginHost) -> tuple[PromptFormat
     installed = ", ".join(plugins.formatters.names()) or "none installed"
     raise MissingFormatterError(
         f"missing prompt formatters: no installed formatter recognises this model "
-        f"(architecture {info.architecture!r}, name {info.name!r}) and the file carries no "
-        f"chat template. Pass formatter='<name>' (installed formatters: {installed}), a "
+        f"(architecture {info.architecture!r}, name {info.name!r}) and the model (its file, "
+        f"or its server) gives no chat template. Pass formatter='<name>' (installed formatters: {installed}), a "
         "PromptFormatter, or both messages_to_prompt= and completion_to_prompt= functions"
     )

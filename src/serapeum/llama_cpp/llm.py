@@ -17,7 +17,12 @@ from typing import Any, Literal, overload
 from attrs import define, evolve, field
 
 from serapeum.core.cancellation import CancelToken
-from serapeum.core.errors import ArgumentTypeError, ConfigurationError
+from serapeum.core.errors import (
+    ArgumentTypeError,
+    BackendNotInstalledError,
+    ConfigurationError,
+    UnknownPluginError,
+)
 from serapeum.core.llms import (
     LLM,
     CompletionResponse,
@@ -38,6 +43,7 @@ from serapeum.core.plugins import (
     PluginHost,
     PromptFormatter,
     get_plugin_host,
+    normalize_name,
 )
 from serapeum.core.redact import redact_url
 from serapeum.core.shown import shown
@@ -51,7 +57,7 @@ from serapeum.llama_cpp.formatting import (
     explicit_choice,
 )
 from serapeum.llama_cpp.gguf_file import require_context_fits, require_gguf, verify_model_file
-from serapeum.llama_cpp.load_options import INT32_MAX, MAX_CONTEXT, check_load_options
+from serapeum.llama_cpp.load_options import INT32_MAX, MAX_CONTEXT
 from serapeum.llama_cpp.model_cache import MODEL_CACHE, cache_key
 from serapeum.llama_cpp.sources import build_model_request, resolve_model
 
@@ -64,7 +70,11 @@ _workers: weakref.WeakKeyDictionary[Any, Worker] = weakref.WeakKeyDictionary()
 _workers_lock = threading.Lock()
 
 
-def _worker_for(model: LoadedModel) -> Worker:
+def _worker_for(model: LoadedModel) -> Worker | None:
+    """The model's worker thread; None (a thread per call) for a model that runs requests
+    concurrently, where one worker would queue what the backend can do at once."""
+    if model.capabilities.concurrent:
+        return None
     with _workers_lock:
         worker = _workers.get(model)
         if worker is None:
@@ -206,8 +216,34 @@ def _options_dict(name: str, value: Any) -> dict[str, Any]:
 
 
 def _model_kwargs(value: Any) -> dict[str, Any]:
-    """Checked here, at construction: unknown names and values llama.cpp would abort on."""
-    return check_load_options(_options_dict("model_kwargs", value))
+    """A dict of str keys; the backend checks the names and values (``check_load_options``)."""
+    return _options_dict("model_kwargs", value)
+
+
+def _server_urls(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple) and value and all(isinstance(u, str) for u in value):
+        return list(value)
+    raise ConfigurationError(
+        f"server_urls must be a URL or a non-empty list of URLs, got {shown(value, 200)}"
+    )
+
+
+def _check_api_key(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigurationError("api_key must be a non-empty str or None")
+
+
+def _check_backend(_instance: Any, _attribute: Any, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigurationError(f"backend must be a backend name, got {shown(value)}")
+
+
+# The distributions that provide the backends this project ships, for "not installed" errors.
+BACKEND_DISTRIBUTIONS = {"server": "serapeum-backend-server"}
 
 
 def _check_context_window(_instance: Any, _attribute: Any, value: Any) -> None:
@@ -295,28 +331,22 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     )
     formatter: str | PromptFormatter | None = None
     system_prompt: str | None = field(default=None, validator=_check_system_prompt)
-    backend: str = "llama-cpp"
+    server_urls: list[str] | None = field(default=None, converter=_server_urls)
+    api_key: str | None = field(default=None, repr=False, validator=_check_api_key)
+    backend: str | None = field(default=None, validator=_check_backend)
     checked_load: bool = field(default=True, validator=_check_flag)
     plugins: PluginHost | None = field(default=None, repr=False)
 
     _writer: PromptWriter = field(init=False, repr=False)
     _model: LoadedModel = field(init=False, repr=False)
-    _resolved_path: Path = field(init=False, repr=False)
+    _resolved_path: Path | None = field(init=False, repr=False, default=None)
     _context_limit: int = field(init=False, repr=False)
     _formatter_reason: str = field(init=False, repr=False, default="")
 
     def __attrs_post_init__(self) -> None:
         host = self.plugins if self.plugins is not None else get_plugin_host()
-        # Everything that can be checked without the disk is checked first.
-        request = build_model_request(
-            model_path=self.model_path,
-            model_url=self.model_url,
-            hf_model_id=self.hf_model_id,
-            hf_filename=self.hf_filename,
-            hf_revision=self.hf_revision,
-            options={"sha256": self.model_sha256, "progress": self._progress_setting()},
-            verify=partial(verify_model_file, checked_load=self.checked_load),
-        )
+        # Everything that can be checked without the disk (or the network) is checked first.
+        backend = self._backend_entry(host)
         self._check_generate_kwargs(self.generate_kwargs)
         explicit = explicit_choice(
             self.formatter, self.messages_to_prompt, self.completion_to_prompt
@@ -324,25 +354,35 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if explicit:
             self._writer = self._prompt_writer(self.formatter, host)
             self._formatter_reason = "chosen by the caller"
-        backend = host.backends.entry(self.backend)
-        path = resolve_model(request, host)
-        checked = require_gguf(path)  # whatever the source: structure first, then the checksum
-        if self.model_sha256 is not None:
-            require_sha256(path, self.model_sha256)
-        options = {
-            "n_ctx": self.context_window,
-            "n_gpu_layers": self.n_gpu_layers,
-            "verbose": self.verbose,
-            **self.model_kwargs,
-        }
-        require_context_fits(checked, int(options.get("n_ctx") or 0))
-        key = cache_key(backend.item.name, path, options)
-        self._model = MODEL_CACHE.get_or_load(key, lambda: self._load(backend.item, path, options))
+        if backend.needs_model_file:
+            path: Path | None = self._model_file()
+            options = {
+                "n_ctx": self.context_window,
+                "n_gpu_layers": self.n_gpu_layers,
+                "verbose": self.verbose,
+                **self.model_kwargs,
+            }
+            assert path is not None
+            checked = require_gguf(path)  # whatever the source: structure first, then the checksum
+            if self.model_sha256 is not None:
+                require_sha256(path, self.model_sha256)
+            require_context_fits(checked, int(options.get("n_ctx") or 0))
+        else:
+            path = None
+            options = {
+                "urls": tuple(self.server_urls or ()),
+                "api_key": self.api_key,
+                "n_ctx": self.context_window,
+                "verbose": self.verbose,
+                **self.model_kwargs,
+            }
+        key = cache_key(backend.name, path, options)
+        self._model = MODEL_CACHE.get_or_load(key, lambda: self._load(backend, path, options))
         self._resolved_path = path
         # llama.cpp may round n_ctx up; the guard keeps to what the user asked for.
         requested = int(options.get("n_ctx") or self._model.n_ctx)
         self._context_limit = min(requested, self._model.n_ctx)
-        if self.model_path is None:
+        if self.model_path is None and path is not None:
             self.model_path = str(path)
         if not explicit:
             detected, self._formatter_reason = detect_formatter(self._model.info, host)
@@ -352,17 +392,72 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         self._build_request(" ", True, {})
         logger.info(
             "%s: prompt format %r, %s",
-            path.name,
+            self._model.name,
             self._writer.formatter_name or "functions",
             self._formatter_reason,
         )
 
-    def _load(self, backend: BackendSpec, path: Path, options: dict[str, Any]) -> LoadedModel:
+    def _backend_entry(self, host: PluginHost) -> BackendSpec:
+        """The backend asked for (``server_urls`` alone selects ``server``), its options checked."""
+        wanted = self.backend or ("server" if self.server_urls is not None else "llama-cpp")
+        try:
+            backend = host.backends.get(wanted)
+        except UnknownPluginError as exc:
+            distribution = BACKEND_DISTRIBUTIONS.get(normalize_name(wanted))
+            if distribution is None:
+                raise
+            raise BackendNotInstalledError(
+                f"the {wanted!r} backend is not installed: pip install {distribution} (in this "
+                f"repository: pip install -e plugins/{distribution})",
+                name=wanted,
+                available=exc.available,
+                distribution=distribution,
+            ) from exc
+        if backend.needs_model_file and (self.server_urls is not None or self.api_key):
+            setting = "server_urls" if self.server_urls is not None else "api_key"
+            raise ConfigurationError(
+                f"{setting} is for a server backend, but the {backend.name!r} backend runs a local "
+                "model file; remove it, or say backend='server'"
+            )
+        if not backend.needs_model_file:
+            file_settings = {
+                "model_path": self.model_path,
+                "model_url": self.model_url,
+                "hf_model_id": self.hf_model_id,
+                "model_sha256": self.model_sha256,
+            }
+            given = [name for name, value in file_settings.items() if value is not None]
+            if given:
+                raise ConfigurationError(
+                    f"the {backend.name!r} backend loads no local model file (its servers hold "
+                    f"the model); remove {', '.join(given)}"
+                )
+        if backend.check_load_options is not None:
+            self.model_kwargs = dict(backend.check_load_options(self.model_kwargs))
+        return backend
+
+    def _model_file(self) -> Path:
+        """The local GGUF file, resolved through the source plugins (downloaded if need be)."""
+        host = self.plugins if self.plugins is not None else get_plugin_host()
+        request = build_model_request(
+            model_path=self.model_path,
+            model_url=self.model_url,
+            hf_model_id=self.hf_model_id,
+            hf_filename=self.hf_filename,
+            hf_revision=self.hf_revision,
+            options={"sha256": self.model_sha256, "progress": self._progress_setting()},
+            verify=partial(verify_model_file, checked_load=self.checked_load),
+        )
+        return resolve_model(request, host)
+
+    def _load(
+        self, backend: BackendSpec, path: Path | None, options: dict[str, Any]
+    ) -> LoadedModel:
         """Load through the backend, after the checked load (a child process) for new files.
 
         The structure check already ran in ``__attrs_post_init__``; only the probe is left.
         """
-        if self.checked_load:
+        if self.checked_load and path is not None:
             load_in_child(path)
         return backend.load(path, options)
 
@@ -389,7 +484,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         return Metadata(
             context_window=self._context_limit,
             num_output=self.max_new_tokens,
-            model_name=str(self._resolved_path),
+            model_name=self._model.name,
             is_chat_model=False,
         )
 
@@ -406,7 +501,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     @property
     def supports_json_schema(self) -> bool:
         """Whether ``complete(..., json_schema=...)`` constrains decoding (the backend can)."""
-        return bool(getattr(self._model, "supports_json_schema", False))
+        return self._model.capabilities.json_schema
 
     @property
     def loaded_model(self) -> LoadedModel:
@@ -481,9 +576,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             cancel=cancel,
             prompt_text=text,
         )
-        check_options = getattr(self._model, "check_options", None)
-        if check_options is not None:
-            check_options(request)
+        self._model.check_options(request)
         return request
 
     # -- completion -----------------------------------------------------------------
@@ -510,7 +603,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         ``usage``, ``timing`` and ``finish_reason``.
         """
         request = self._build_request(prompt, formatted, kwargs)
-        reentry.refuse_blocking_call(self._model)
+        if not self._model.capabilities.concurrent:
+            reentry.refuse_blocking_call(self._model)
         if stream:
             return self._stream(request)
         return self._complete(request)
@@ -545,9 +639,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 text += chunk.delta
                 yield _chunk_response(text, chunk)
         finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
+            chunks.close()
 
     @overload
     async def acomplete(
@@ -569,18 +661,24 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         within a token and frees the model.
         """
         request = self._build_request(prompt, formatted, kwargs)
-        reentry.refuse_async_call(self._model)
+        if not self._model.capabilities.concurrent:
+            reentry.refuse_async_call(self._model)
         if stream:
-            return self._astream(request, reentry.new_stream(self._model))
+            # A model that runs requests concurrently cannot deadlock behind a stream.
+            marker = (
+                None if self._model.capabilities.concurrent else reentry.new_stream(self._model)
+            )
+            return self._astream(request, marker)
         return await run_in_thread(
             lambda cancel: self._complete_linked(request, cancel),
             worker=_worker_for(self._model),
         )
 
     async def _astream(
-        self, request: GenerationRequest, marker: reentry.StreamMarker
+        self, request: GenerationRequest, marker: reentry.StreamMarker | None
     ) -> AsyncIterator[CompletionResponse]:
-        reentry.stream_started(marker, self._model)  # refuses a stream that would deadlock
+        if marker is not None:
+            reentry.stream_started(marker, self._model)  # refuses a stream that would deadlock
         chunks = iterate_in_thread(
             lambda cancel: self._stream_linked(request, cancel),
             worker=_worker_for(self._model),
@@ -591,5 +689,6 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 text += chunk.delta
                 yield _chunk_response(text, chunk)
         finally:
-            reentry.stream_closed(marker, self._model)
+            if marker is not None:
+                reentry.stream_closed(marker, self._model)
             await chunks.aclose()  # type: ignore[attr-defined]

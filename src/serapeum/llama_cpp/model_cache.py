@@ -20,13 +20,13 @@ CacheKey = tuple[str, str, tuple[tuple[str, str], ...]]
 _IGNORED_OPTIONS = frozenset({"verbose"})
 
 
-def cache_key(backend: str, path: Path, options: Mapping[str, Any]) -> CacheKey:
+def cache_key(backend: str, path: Path | None, options: Mapping[str, Any]) -> CacheKey:
     frozen_options = tuple(
         sorted(
             (name, repr(value)) for name, value in options.items() if name not in _IGNORED_OPTIONS
         )
     )
-    return (backend, str(path), frozen_options)
+    return (backend, "" if path is None else str(path), frozen_options)
 
 
 class ModelCache:

@@ -28,6 +28,11 @@ class BaseLLM(ABC):
     def metadata(self) -> Metadata:
         """Context window, output budget, model name and whether the model is chat-native."""
 
+    @property
+    def supports_json_schema(self) -> bool:
+        """Whether ``complete(..., json_schema=...)`` constrains decoding (False unless said)."""
+        return False
+
     @overload
     def complete(
         self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any

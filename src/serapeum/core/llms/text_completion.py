@@ -103,7 +103,7 @@ class TextCompletionLLM(Generic[T]):
     def _llm_kwargs(self, llm: BaseLLM, llm_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
         kwargs = dict(llm_kwargs or {})
         schema = self._parser.json_schema
-        if self.constrained and schema is not None and getattr(llm, "supports_json_schema", False):
+        if self.constrained and schema is not None and llm.supports_json_schema:
             kwargs.setdefault("json_schema", schema)
         return kwargs
 

@@ -23,9 +23,7 @@ class PydanticParser(BaseOutputParser[M], Generic[M]):
         try:
             from pydantic import BaseModel
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "PydanticParser needs pydantic: pip install 'serapeum-llama-cpp[pydantic]'"
-            ) from exc
+            raise ImportError("PydanticParser needs pydantic: pip install pydantic") from exc
         if not (isinstance(output_cls, type) and issubclass(output_cls, BaseModel)):
             raise TypeError(f"PydanticParser needs a pydantic model class, got {output_cls!r}")
         self.output_cls = output_cls

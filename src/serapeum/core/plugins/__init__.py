@@ -10,19 +10,21 @@ Plugin authors need ``hookimpl`` and the descriptor classes::
 """
 
 from serapeum.core.plugins.backend_api import (
+    BackendCapabilities,
     BackendChunk,
     BackendResult,
+    ChunkStream,
     GenerationRequest,
     LoadedModel,
 )
 from serapeum.core.plugins.descriptors import (
     BackendSpec,
-    ModelInfo,
     ModelRequest,
     ModelSource,
     PromptFormatter,
 )
 from serapeum.core.plugins.errors import (
+    BackendNotInstalledError,
     PluginConflictError,
     PluginError,
     PluginLoadError,
@@ -39,13 +41,17 @@ from serapeum.core.plugins.manager import (
     SkippedPlugin,
     get_plugin_host,
 )
+from serapeum.core.plugins.model_info import ModelInfo
 from serapeum.core.plugins.registry import Registered, Registry, normalize_name
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BackendCapabilities",
     "BackendChunk",
+    "BackendNotInstalledError",
     "BackendResult",
     "BackendSpec",
+    "ChunkStream",
     "GenerationRequest",
     "LoadedModel",
     "ModelInfo",

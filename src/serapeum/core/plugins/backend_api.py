@@ -1,21 +1,31 @@
 """The seam between the engine and a backend: requests in, text chunks out.
 
-The engine speaks token ids and requests, never a backend's own objects, so the same
-``LlamaCPP`` API can later drive a batching in-process loop or a remote server.
+The engine writes the prompt, counts its tokens with ``LoadedModel.tokenize``, guards the
+context and hands the backend a ``GenerationRequest``; the backend owns everything after
+that (scheduling, sampling, constraints, KV reuse, routing to servers). The engine never
+touches a backend's own objects, so the in-process llama.cpp backend and the server
+backend (``serapeum-backend-server``) are interchangeable behind ``LlamaCPP``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.llms.types import FinishReason, Timing, Usage
-from serapeum.core.plugins.descriptors import ModelInfo, _names, _read_only
+from serapeum.core.plugins.model_info import ModelInfo, names, read_only
 
-__all__ = ["BackendChunk", "BackendResult", "GenerationRequest", "LoadedModel"]
+__all__ = [
+    "BackendCapabilities",
+    "BackendChunk",
+    "BackendResult",
+    "ChunkStream",
+    "GenerationRequest",
+    "LoadedModel",
+]
 
 
 def _ints(values: Iterable[int]) -> tuple[int, ...]:
@@ -30,16 +40,34 @@ class GenerationRequest:
     ``prompt_text``, when given, is the text ``prompt_tokens`` came from: a backend that
     keeps earlier turns evaluated may use it to keep their token ids (a re-tokenised
     answer can differ from the tokens the model generated) and then evaluates only the
-    text that is new.
+    text that is new; a backend that sends text over the wire sends it.
     """
 
     prompt_tokens: tuple[int, ...] = field(converter=_ints)
     max_tokens: int
     temperature: float
-    stop: tuple[str, ...] = field(default=(), converter=_names)
-    options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
+    stop: tuple[str, ...] = field(default=(), converter=names)
+    options: Mapping[str, Any] = field(factory=dict, converter=read_only, eq=False)
     cancel: CancelToken | None = field(default=None, eq=False)
     prompt_text: str | None = field(default=None, eq=False)
+
+
+@frozen
+class BackendCapabilities:
+    """What a loaded model can do beyond plain generation; the engine asks nothing else.
+
+    ``json_schema``/``grammar``: ``options["json_schema"]`` (a dict) or ``options["grammar"]``
+    (GBNF text) constrain decoding. ``logprobs``: ``options["logprobs"]`` is honoured.
+    ``concurrent``: the model serves several requests at once (a pool of servers), so the
+    engine gives each async call its own thread instead of queueing them on one worker.
+    ``sessions``: reserved for named conversations that keep their KV (not yet used).
+    """
+
+    json_schema: bool = False
+    grammar: bool = False
+    logprobs: bool = False
+    concurrent: bool = False
+    sessions: bool = False
 
 
 @frozen
@@ -67,33 +95,83 @@ class BackendChunk:
     finish_reason: FinishReason | None = None
 
 
+ChunkStream = Generator[BackendChunk, None, None]
+"""What ``LoadedModel.stream`` returns: iterate it; ``close()`` stops generation."""
+
+
 @runtime_checkable
 class LoadedModel(Protocol):
-    """A model a backend has loaded. It serialises its own use across threads."""
+    """A model a backend has loaded: everything the engine uses, and nothing more.
+
+    Made by ``BackendSpec.load`` and shared by every ``LlamaCPP`` with the same model and
+    load options (the engine caches it per process). Methods are called from any thread:
+    the caller's for sync calls, a worker thread for async ones (one worker per model,
+    unless ``capabilities.concurrent``). The model serialises or schedules concurrent use
+    itself. Errors are ``SerapeumError`` subclasses: ``ConfigurationError`` for requests it
+    cannot follow, the backend's own typed errors for failures while generating.
+    """
 
     @property
     def n_ctx(self) -> int:
-        """Context size in tokens."""
+        """Context size in tokens for one request. Read once after loading, and per call."""
         ...
 
     @property
     def name(self) -> str:
-        """A readable name (usually the file it came from)."""
+        """A readable name for messages and ``Metadata.model_name`` (a file, or a server)."""
         ...
 
     @property
     def info(self) -> ModelInfo:
-        """What the model says about itself (architecture, chat template, special tokens)."""
+        """What the model says about itself (architecture, chat template, special tokens).
+
+        Read after loading when the caller chose no prompt format, to detect one; may be
+        computed lazily and must then be cached.
+        """
+        ...
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        """What the model can do; constant for its lifetime. Read at construction and per call."""
         ...
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids as the model will see ``text`` as a prompt (BOS exactly once)."""
+        """Token ids as the model will see ``text`` as a prompt, BOS exactly once.
+
+        Called for every request before generation (the engine's context guard), and by
+        ``LlamaCPP.tokenize``. May raise ``ContextWindowExceededError`` early for a text
+        that cannot fit, and the backend's typed errors (a server that cannot be reached).
+        """
+        ...
+
+    def check_options(self, request: GenerationRequest) -> None:
+        """Raise ``ConfigurationError`` for options this backend cannot follow.
+
+        Called for every request after it is built and before ``complete``/``stream``, on
+        the caller's thread (before any lock is taken), and once at construction with the
+        instance's ``generate_kwargs``. Cheap: compiled constraints are cached.
+        """
         ...
 
     def complete(self, request: GenerationRequest) -> BackendResult:
-        """Generate the whole completion."""
+        """Generate the whole completion; a set ``request.cancel`` ends it early.
+
+        A cancelled request returns what was generated with ``FinishReason.CANCELLED``.
+        """
         ...
 
-    def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
-        """Generate chunk by chunk; closing the iterator stops generation."""
+    def stream(self, request: GenerationRequest) -> ChunkStream:
+        """Generate chunk by chunk; the last chunk carries usage, timing and finish reason.
+
+        Nothing runs until the first ``next()``. ``close()`` on the generator (the engine
+        calls it when the consumer stops early) stops generation and frees what it holds
+        before returning.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the model's resources (native memory, connections). Idempotent.
+
+        Called when the engine drops the model; later calls on it may raise.
+        """
         ...

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 
+from serapeum.core.plugins.backend_api import LoadedModel
+from serapeum.core.plugins.model_info import ModelInfo, names, read_only
 from serapeum.core.redact import redact_url
 
 if TYPE_CHECKING:
     from serapeum.core.llms.types import Message
-    from serapeum.core.plugins.backend_api import LoadedModel
 
-__all__ = ["BackendSpec", "ModelInfo", "ModelRequest", "ModelSource", "PromptFormatter"]
-
-
-def _names(values: Sequence[str] | str) -> tuple[str, ...]:
-    return (values,) if isinstance(values, str) else tuple(values)
-
-
-def _read_only(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+__all__ = ["BackendSpec", "ModelRequest", "ModelSource", "PromptFormatter"]
 
 
 def _redacted(url: str | None) -> str:
@@ -33,24 +25,6 @@ def _redacted(url: str | None) -> str:
 def _non_empty(_instance: object, attribute: Any, value: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r}")
-
-
-@frozen
-class ModelInfo:
-    """What a loaded model says about itself (from its GGUF metadata and vocabulary).
-
-    Formatter plugins look at it to recognise the models they are for. The architecture
-    alone rarely identifies a prompt format (Mistral, Zephyr, TinyLlama... all say "llama").
-    """
-
-    architecture: str = ""
-    name: str = ""
-    chat_template: str | None = None
-    bos_token: str = ""
-    eos_token: str = ""
-    eot_token: str = ""  # end-of-turn marker, when the vocabulary names one
-    special_tokens: tuple[str, ...] = field(default=(), converter=_names)
-    metadata: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
 
 
 @frozen
@@ -67,8 +41,8 @@ class PromptFormatter:
     name: str = field(validator=_non_empty)
     messages_to_prompt: Callable[..., str]
     completion_to_prompt: Callable[..., str]
-    aliases: tuple[str, ...] = field(default=(), converter=_names)
-    stop: tuple[str, ...] = field(default=(), converter=_names)
+    aliases: tuple[str, ...] = field(default=(), converter=names)
+    stop: tuple[str, ...] = field(default=(), converter=names)
     prompt_starts_with_bos: bool = False
     description: str = ""
     detect: Callable[[ModelInfo], bool] | None = field(default=None, eq=False)
@@ -101,7 +75,7 @@ class ModelRequest:
     hf_model_id: str | None = None
     hf_filename: str | None = None
     hf_revision: str | None = None
-    options: Mapping[str, Any] = field(factory=dict, converter=_read_only, eq=False)
+    options: Mapping[str, Any] = field(factory=dict, converter=read_only, eq=False)
     verify: Callable[[Path], None] | None = field(default=None, eq=False, repr=False)
 
     def verify_file(self, path: Path) -> None:
@@ -144,9 +118,23 @@ class ModelSource:
 
 @frozen
 class BackendSpec:
-    """A named way to run models; ``load(path, options)`` returns a ``LoadedModel``."""
+    """A named way to run models.
+
+    ``load(path, options)`` is called once per distinct (path, options) in a process, on
+    the thread that constructs the first ``LlamaCPP`` needing it; it returns a
+    ``LoadedModel`` or raises a ``SerapeumError`` (``ConfigurationError`` for options it
+    refuses, a load error otherwise). ``path`` is the resolved local GGUF file, or None for
+    a backend with ``needs_model_file=False`` (a remote server holds the model).
+    ``options`` are the engine's settings (``n_ctx``, ``verbose``...) merged with the
+    caller's ``model_kwargs``; ``check_load_options``, when given, validates and normalises them
+    at construction, before any file is resolved or loaded.
+    """
 
     name: str = field(validator=_non_empty)
-    load: Callable[[Path, Mapping[str, Any]], LoadedModel]
-    aliases: tuple[str, ...] = field(default=(), converter=_names)
+    load: Callable[[Path | None, Mapping[str, Any]], LoadedModel]
+    aliases: tuple[str, ...] = field(default=(), converter=names)
     description: str = ""
+    needs_model_file: bool = True
+    check_load_options: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = field(
+        default=None, eq=False
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from serapeum.core.errors import (
+    BackendNotInstalledError,
     PluginConflictError,
     PluginError,
     PluginLoadError,
@@ -12,6 +13,7 @@ from serapeum.core.errors import (
 )
 
 __all__ = [
+    "BackendNotInstalledError",
     "PluginConflictError",
     "PluginError",
     "PluginLoadError",

@@ -30,8 +30,8 @@ ENTRY_POINT_GROUP = "serapeum"
 STRICT_ENV_VAR = "SERAPEUM_STRICT_PLUGINS"
 LOAD_ENV_VAR = "SERAPEUM_LOAD_PLUGINS"  # allow-list; set but empty means none
 DISABLE_ENV_VAR = "SERAPEUM_DISABLE_PLUGINS"  # block-list
-BUILTIN_DISTRIBUTION = "serapeum-llama-cpp"  # its built-in plugins always load
 LOCAL_DISTRIBUTION = "<registered in code>"
+BUILTIN_PACKAGE = "serapeum."  # plugins inside the package that ships core are built in
 
 D = TypeVar("D", bound=Named)
 
@@ -110,7 +110,7 @@ class PluginHost:
             dist = entry_point.dist
             distribution = dist.name if dist is not None else entry_point.value
             version = dist.version if dist is not None else None
-            reason = _excluded(entry_point.name, distribution)
+            reason = _excluded(entry_point.name, distribution, entry_point.module)
             if reason is not None:
                 skipped = SkippedPlugin(entry_point.name, distribution, reason)
                 if skipped not in self.skipped:
@@ -220,13 +220,13 @@ class PluginHost:
         return entries
 
 
-def _excluded(plugin: str, distribution: str) -> str | None:
+def _excluded(plugin: str, distribution: str, module: str) -> str | None:
     """Why ``SERAPEUM_LOAD_PLUGINS``/``SERAPEUM_DISABLE_PLUGINS`` exclude a plugin, if they do.
 
-    Both take comma-separated entry-point or distribution names; the engine's own built-in
-    plugins are never excluded.
+    Both take comma-separated entry-point or distribution names. Built-in plugins, those
+    inside the ``serapeum`` package itself (the in-process backend), are never excluded.
     """
-    if distribution == BUILTIN_DISTRIBUTION:
+    if module.startswith(BUILTIN_PACKAGE):
         return None
     names = {normalize_name(plugin), normalize_name(distribution)}
     allowed = os.environ.get(LOAD_ENV_VAR)

@@ -1,205 +1,47 @@
-"""The built-in ``llama-cpp`` backend: llama-cpp-python, in this process.
+"""``LlamaCppModel``: one ``llama_cpp.Llama`` behind the ``LoadedModel`` protocol.
 
-Registered through the ``serapeum`` entry-point group like any other plugin. Each
-loaded model owns one ``ModelLock``; every call into llama.cpp for that model holds it.
+Each loaded model owns one ``ModelLock``; every call into llama.cpp for that model holds it.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
 import random
-import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import ConfigurationError
-from serapeum.core.gguf import check_gguf
 from serapeum.core.llms.types import FinishReason
 from serapeum.core.plugins import (
+    BackendCapabilities,
     BackendChunk,
     BackendResult,
-    BackendSpec,
+    ChunkStream,
     GenerationRequest,
     ModelInfo,
-    hookimpl,
 )
-from serapeum.llama_cpp import native_log
-from serapeum.llama_cpp.errors import (
-    ContextWindowExceededError,
-    GenerationCancelled,
-    ModelLoadError,
+from serapeum.llama_cpp.backend.evaluated_tokens import EvaluatedTokens, PromptPlan
+from serapeum.llama_cpp.backend.generation import DecodeError, Generation
+from serapeum.llama_cpp.backend.model_lock import ModelLock
+from serapeum.llama_cpp.backend.prompt_abort import PromptAbort
+from serapeum.llama_cpp.backend.sampling import check_against_vocabulary, sampler_settings
+from serapeum.llama_cpp.backend.structured import JsonConstraints
+from serapeum.llama_cpp.backend.vocabulary import (
+    model_info,
+    space_after_special_pattern,
+    special_token_texts,
+    token_characters,
+    vocab_type_spm,
 )
-from serapeum.llama_cpp.evaluated_tokens import EvaluatedTokens, PromptPlan
-from serapeum.llama_cpp.generation import DecodeError, Generation
-from serapeum.llama_cpp.llama_loader import CHAT_TEMPLATE_KEY, chat_templates_of, new_llama
-from serapeum.llama_cpp.model_lock import ModelLock
-from serapeum.llama_cpp.sampling import check_against_vocabulary, sampler_settings
-from serapeum.llama_cpp.structured import JsonConstraints
-
-BACKEND_NAME = "llama-cpp"
-logger = logging.getLogger("serapeum.llama_cpp")
+from serapeum.llama_cpp.errors import ContextWindowExceededError, GenerationCancelled
 
 # llama.cpp's SentencePiece tokenizer writes a character that no token contains as its
 # bytes, growing its output by one exact reserve() per character: time quadratic in such
 # bytes (a million NUL bytes take minutes on Gemma 3). A text this long is first counted
 # for them, and refused without being tokenized when they alone overflow the context.
 BYTE_FALLBACK_CHECK_CHARS = 50_000
-
-
-def _c_flag_reader() -> Any:
-    """A native function that reports, without Python, whether a 2-byte flag is raised.
-
-    llama.cpp calls its abort callback after every graph node; a Python callback would
-    need the GIL each time (and wait for it whenever another thread runs Python). libc's
-    ``strlen`` on a buffer we own, ``b"\\0\\0"`` or ``b"\\1\\0"``, returns 0 or 1: exactly
-    the ``bool (*)(void *)`` that llama.cpp wants, answered in native code.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        return libc.strlen
-    except (OSError, AttributeError):  # pragma: no cover - platforms without a C library
-        return None
-
-
-class _PromptAbort:
-    """Lets a request's cancel token interrupt llama.cpp while it evaluates the prompt.
-
-    Armed only for cancellable requests and disarmed at the first generated token, from
-    where the per-token stopping check takes over.
-    """
-
-    def __init__(self, llama: Any) -> None:
-        import ctypes
-
-        import llama_cpp
-
-        self._set_callback = llama_cpp.llama_set_abort_callback
-        self._ctx = llama.ctx
-        self._flag = ctypes.create_string_buffer(2)
-        self._flag_address = ctypes.cast(self._flag, ctypes.c_void_p)
-        reader = _c_flag_reader()
-        self._callback = (
-            ctypes.cast(reader, llama_cpp.ggml_abort_callback) if reader is not None else None
-        )
-        self._no_callback = llama_cpp.ggml_abort_callback(0)
-        self._undo: Any = None
-
-    def _raise_flag(self) -> None:
-        self._flag[0] = b"\x01"
-
-    def arm(self, cancel: CancelToken) -> None:
-        if self._callback is None:
-            return
-        self._flag[0] = b"\x00"
-        self._undo = cancel.on_set(self._raise_flag)
-        self._set_callback(self._ctx, self._callback, self._flag_address)
-
-    def disarm(self) -> None:
-        if self._undo is not None:
-            self._set_callback(self._ctx, self._no_callback, None)
-            self._undo()
-            self._undo = None
-
-
-def _special_token_texts(llama: Any) -> set[str]:
-    """Texts of the control and user-defined tokens: the ones prompts use as markers."""
-    import llama_cpp
-
-    special = (
-        llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-        | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-        | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-    )
-    vocab, n_vocab = llama._model.vocab, llama._model.n_vocab()
-    texts = {
-        _token_text(vocab, token)
-        for token in range(n_vocab)
-        if llama_cpp.llama_vocab_get_attr(vocab, token) & special
-    }
-    texts.discard("")
-    return texts
-
-
-def _token_text(vocab: Any, token: int) -> str:
-    """A token's text; invalid UTF-8 in a vocabulary becomes U+FFFD, never an exception."""
-    import llama_cpp
-
-    if token < 0:
-        return ""
-    raw = llama_cpp.llama_vocab_get_text(vocab, token)
-    return raw.decode("utf-8", errors="replace") if raw else ""
-
-
-def _vocab_type_spm() -> int:
-    import llama_cpp
-
-    return int(llama_cpp.LLAMA_VOCAB_TYPE_SPM)
-
-
-def _token_characters(llama: Any) -> frozenset[str]:
-    """Every character some token's text contains (SentencePiece writes spaces as U+2581)."""
-    import llama_cpp
-
-    vocab, n_vocab = llama._model.vocab, llama._model.n_vocab()
-    characters: set[str] = set()
-    for token in range(n_vocab):
-        raw = llama_cpp.llama_vocab_get_text(vocab, token)
-        if raw:
-            characters.update(raw.decode("utf-8", errors="replace"))
-    if "\u2581" in characters:
-        characters.add(" ")
-    return frozenset(characters)
-
-
-def _model_info(llama: Any, special_tokens: set[str]) -> ModelInfo:
-    model = llama._model
-    vocab = model.vocab
-    metadata = {**llama.metadata, **chat_templates_of(llama)}
-    return ModelInfo(
-        architecture=metadata.get("general.architecture", ""),
-        name=metadata.get("general.name", ""),
-        chat_template=metadata.get(CHAT_TEMPLATE_KEY) or None,
-        bos_token=_token_text(vocab, llama.token_bos()),
-        eos_token=_token_text(vocab, llama.token_eos()),
-        eot_token=_token_text(vocab, model.token_eot()),
-        special_tokens=tuple(sorted(special_tokens)),
-        metadata=metadata,
-    )
-
-
-def _space_after_special_pattern(
-    llama: Any, special_tokens: Callable[[], set[str]]
-) -> re.Pattern[str] | None:
-    """For SentencePiece vocabularies: a special token's text followed by one space.
-
-    llama.cpp's SentencePiece tokenizer puts a space before the text that follows a special
-    token (the "legacy" behaviour), so ``"<s> [INST]"`` becomes ``<s> ▁ ▁[INST]`` while the
-    family's reference tokenizer (e.g. mistral-common) gives ``<s> ▁[INST]``. Dropping the
-    one space that the template wrote there makes llama.cpp produce the reference ids.
-    """
-    import llama_cpp
-
-    model = llama._model
-    if model.vocab_type() != llama_cpp.LLAMA_VOCAB_TYPE_SPM:
-        return None
-    if str(llama.metadata.get("tokenizer.ggml.add_space_prefix", "true")).lower() == "false":
-        return None
-    texts = special_tokens()
-    if not texts:
-        return None
-    # Longest first, and atomic: where a longer special token matches, a shorter one that
-    # is its prefix must not (llama.cpp partitions the text the same way).
-    alternatives = "|".join(re.escape(t) for t in sorted(texts, key=len, reverse=True))
-    return re.compile(f"((?>{alternatives})) ")
 
 
 class LlamaCppModel:
@@ -212,10 +54,10 @@ class LlamaCppModel:
         # Whether the model's tokenizer config asks for BOS at the start of a prompt.
         self._add_bos = bool(llama._model.add_bos_token())
         self._special_texts: set[str] | None = None
-        self._space_after_special = _space_after_special_pattern(llama, self._special_tokens)
-        self._sentencepiece = llama._model.vocab_type() == _vocab_type_spm()
+        self._space_after_special = space_after_special_pattern(llama, self._special_tokens)
+        self._sentencepiece = llama._model.vocab_type() == vocab_type_spm()
         self._token_characters: frozenset[str] | None = None
-        self._prompt_abort = _PromptAbort(llama)
+        self._prompt_abort = PromptAbort(llama)
         self._info: ModelInfo | None = None
         self._vocab = llama._model.vocab
         self._n_vocab = int(llama.n_vocab())
@@ -245,13 +87,13 @@ class LlamaCppModel:
     def info(self) -> ModelInfo:
         """Read once, on first use (scanning a large vocabulary takes a moment)."""
         if self._info is None:
-            self._info = _model_info(self._llama, self._special_tokens())
+            self._info = model_info(self._llama, self._special_tokens())
         return self._info
 
     def _special_tokens(self) -> set[str]:
         """The vocabulary's special-token texts, scanned once (large vocabularies take a moment)."""
         if self._special_texts is None:
-            self._special_texts = _special_token_texts(self._llama)
+            self._special_texts = special_token_texts(self._llama)
         return self._special_texts
 
     @property
@@ -278,7 +120,7 @@ class LlamaCppModel:
 
     def _refuse_byte_fallback_overflow(self, text: str) -> None:
         if self._token_characters is None:
-            self._token_characters = _token_characters(self._llama)
+            self._token_characters = token_characters(self._llama)
         covered = self._token_characters
         tokens = sum(
             count * len(character.encode("utf-8", "surrogatepass"))
@@ -340,7 +182,11 @@ class LlamaCppModel:
             return seed
         return self._seeds.randint(0, 2**32 - 1)
 
-    supports_json_schema = True
+    capabilities = BackendCapabilities(json_schema=True, grammar=True, logprobs=True)
+
+    def close(self) -> None:
+        """Free llama.cpp's model and context (``Llama.close``); later calls fail."""
+        self._llama.close()
 
     def check_options(self, request: GenerationRequest) -> None:
         """Raise ``ConfigurationError`` for options this backend cannot follow, before generation.
@@ -458,7 +304,7 @@ class LlamaCppModel:
             finish_reason=generation.finish_reason,
         )
 
-    def stream(self, request: GenerationRequest) -> Iterator[BackendChunk]:
+    def stream(self, request: GenerationRequest) -> ChunkStream:
         started = time.perf_counter()
         generation = Generation(self, request, started)
         try:
@@ -481,93 +327,3 @@ class LlamaCppModel:
             timing=generation.timing,
             finish_reason=generation.finish_reason,
         )
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, not the whole machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS and Windows
-        return os.cpu_count() or 1
-
-
-def _load_lora(llama: Any, lora_path: str, scale: float) -> None:
-    """Apply a LoRA adapter as ``Llama(lora_path=...)`` would, without its crash.
-
-    llama-cpp-python 0.3 tests the adapter pointer llama.cpp returns with ``is None``; a
-    ctypes pointer never is, so an adapter that fails to load (a missing file, a file that
-    is not an adapter for this model) reaches llama.cpp as NULL and the process dies with
-    SIGSEGV. The file gets the GGUF structure check first (which also refuses FIFOs and
-    devices without blocking), and a NULL adapter is a ``ModelLoadError``. llama.cpp frees
-    adapters with their model.
-    """
-    import llama_cpp
-
-    check_gguf(lora_path)
-    adapter = llama_cpp.llama_adapter_lora_init(llama._model.model, os.fsencode(lora_path))
-    if not adapter:
-        raise ModelLoadError(
-            f"llama.cpp could not load the LoRA adapter {lora_path!r}: it is not a LoRA "
-            "adapter GGUF for this model's architecture, or its tensors do not match the "
-            "model's (run with verbose=True to see llama.cpp's reason)"
-        )
-    llama._lora_adapter = adapter
-    adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
-    scales = (ctypes.c_float * 1)(scale)
-    if llama_cpp.llama_set_adapters_lora(llama._ctx.ctx, adapters, 1, scales):
-        raise ModelLoadError(f"llama.cpp could not apply the LoRA adapter {lora_path!r}")
-
-
-def load_model(path: Path, options: Mapping[str, Any]) -> LlamaCppModel:
-    """Load ``path`` with ``llama_cpp.Llama(**options)``."""
-    options = dict(options)
-    lora_path = options.pop("lora_path", None)
-    lora_scale = float(options.pop("lora_scale", 1.0))
-    n_ctx = options.get("n_ctx")
-    if isinstance(n_ctx, int) and n_ctx > 0 and options.get("n_batch", 0) > n_ctx:
-        # What llama-cpp-python does itself, except for the array of logits it sizes with
-        # the n_batch given (n_batch x vocabulary floats: 2**31 - 1 is a MemoryError).
-        options["n_batch"] = n_ctx
-    if options.pop("logits_all", False):
-        logger.warning(
-            "logits_all=True is ignored: it makes every prompt 2-3x slower to evaluate and "
-            "holds n_ctx x vocabulary floats; ask for logprobs per request instead "
-            "(complete(..., logprobs=5))"
-        )
-    # llama-cpp-python generates with half the CPUs by default; on small machines that
-    # leaves a core idle (Gemma 3 270M on 2 cores: 41 ms a token with 1 thread, 24 with 2).
-    options.setdefault("n_threads", usable_cpus())
-    options.setdefault("n_threads_batch", usable_cpus())
-    native_log.install()
-    try:
-        llama = new_llama(path, options)
-    except MemoryError as exc:
-        raise ModelLoadError(
-            f"not enough memory to load {str(path)!r} with these options (n_ctx, n_batch); "
-            "lower them"
-        ) from exc
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise ModelLoadError(
-            f"llama.cpp could not load {str(path)!r}: {exc}. The file has the GGUF header; it "
-            "may be truncated, or use an architecture or quantisation this llama-cpp-python "
-            "version does not support (run with verbose=True to see llama.cpp's log)"
-        ) from exc
-    if lora_path is not None:
-        try:
-            _load_lora(llama, lora_path, lora_scale)
-        except BaseException:
-            llama.close()
-            raise
-    return LlamaCppModel(llama, path)
-
-
-LLAMA_CPP_BACKEND = BackendSpec(
-    name=BACKEND_NAME,
-    load=load_model,
-    description="llama-cpp-python in this process",
-)
-
-
-@hookimpl
-def serapeum_register_backends() -> list[BackendSpec]:
-    return [LLAMA_CPP_BACKEND]

@@ -13,31 +13,61 @@ import json
 import time
 import uuid
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import GenerationRequest
+from serapeum.llama_cpp.backend.evaluated_tokens import PromptPlan
+from serapeum.llama_cpp.backend.sampling import (
+    SamplerSettings,
+    build_sampler,
+    check_against_vocabulary,
+    sampler_settings,
+)
+from serapeum.llama_cpp.backend.structured import error_summary
+from serapeum.llama_cpp.backend.text_stream import StopScanner, Utf8Assembler
 from serapeum.llama_cpp.errors import (
     DecodeError,
     GenerationCancelled,
     IncompleteJSONError,
     SchemaError,
 )
-from serapeum.llama_cpp.evaluated_tokens import PromptPlan
-from serapeum.llama_cpp.sampling import (
-    SamplerSettings,
-    build_sampler,
-    check_against_vocabulary,
-    sampler_settings,
-)
-from serapeum.llama_cpp.structured import error_summary
-from serapeum.llama_cpp.text_stream import StopScanner, Utf8Assembler
 
 if TYPE_CHECKING:
-    from serapeum.llama_cpp.backend import LlamaCppModel
+    from serapeum.llama_cpp.backend.structured import JsonConstraints
 
-__all__ = ["DecodeError", "Generation"]
+__all__ = ["DecodeError", "Generation", "LoopModel"]
+
+
+class LoopModel(Protocol):
+    """What the loop needs of the loaded model (``LlamaCppModel`` is the one implementation).
+
+    Declared here, so the loop depends on this contract and not on the model's module.
+    """
+
+    pieces: dict[int, bytes]
+    constraints: JsonConstraints
+
+    @property
+    def llama(self) -> Any: ...
+    @property
+    def vocab(self) -> Any: ...
+    @property
+    def n_ctx(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+
+    def piece(self, token: int) -> bytes: ...
+    def last_logits(self) -> Any: ...
+    def next_seed(self, seed: int | None) -> int: ...
+    def plan_prompt(self, request: GenerationRequest) -> PromptPlan: ...
+    def evaluate_prompt(self, plan: PromptPlan, request: GenerationRequest) -> None: ...
+    def record_generation(
+        self, tokens: list[int], text: str, marks: list[tuple[int, int]]
+    ) -> None: ...
 
 
 # Below this vocabulary size llama.cpp's greedy sampler is as fast as numpy's argmax.
@@ -80,7 +110,7 @@ class Generation:
     ``logprobs`` describe what happened.
     """
 
-    def __init__(self, model: LlamaCppModel, request: GenerationRequest, started: float) -> None:
+    def __init__(self, model: LoopModel, request: GenerationRequest, started: float) -> None:
         self._model = model
         self._request = request
         self._started = started

@@ -19,7 +19,11 @@ from attrs import field, frozen
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.shown import shown
-from serapeum.llama_cpp.structured import JsonConstraints, grammar_from_gbnf, schema_from_options
+from serapeum.llama_cpp.backend.structured import (
+    JsonConstraints,
+    grammar_from_gbnf,
+    schema_from_options,
+)
 
 __all__ = [
     "SUPPORTED_OPTIONS",

@@ -49,8 +49,11 @@ else
         log "downloading the llama-cpp-python ${version} sdist"
         "$python" -m pip download --no-binary :all: --no-deps \
             --dest "$download_dir" "llama-cpp-python==${version}" >&2
-        archive="$(ls "$download_dir"/llama_cpp_python-"${version}".tar.gz \
-            "$download_dir"/llama-cpp-python-"${version}".tar.gz 2>/dev/null | head -n 1)"
+        archive=""
+        for candidate in "$download_dir"/llama_cpp_python-"${version}".tar.gz \
+            "$download_dir"/llama-cpp-python-"${version}".tar.gz; do
+            if [[ -f "$candidate" ]]; then archive="$candidate"; break; fi
+        done
         [[ -n "$archive" ]] || { log "no sdist archive in $download_dir"; exit 1; }
         tar -xzf "$archive" -C "$build_root"
         # The archive's top folder may use either spelling of the name.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -17,8 +18,15 @@ from pydantic import BaseModel
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.llms import FinishReason, Message, MessageRole, TextCompletionLLM
 from serapeum.core.output_parsers import PydanticParser
-from serapeum.llama_cpp import LlamaCPP
-from serapeum_backend_server.testing import RunningServer
+from serapeum.llama_cpp import LlamaCPP, MissingFormatterError
+from serapeum.llama_cpp.testing.tiny_model import TinyModelSpec, build_tiny_gguf
+from serapeum_backend_server import ServerResponseError
+from serapeum_backend_server.testing import (
+    RunningServer,
+    llama_server_binary,
+    start_llama_cpp_python_server,
+    start_llama_server,
+)
 
 from .conftest import ServerFactory
 
@@ -101,14 +109,29 @@ def test_stop_sequences(remote: LlamaCPP, local: LlamaCPP) -> None:
     assert answer.finish_reason is FinishReason.STOP
 
 
-def test_async_and_a_concurrent_gather(remote: LlamaCPP, local: LlamaCPP) -> None:
+def test_async_and_a_concurrent_gather(
+    remote: LlamaCPP, local: LlamaCPP, tiny_pair: list[RunningServer]
+) -> None:
     prompts = [f"Question {i}" for i in range(6)]
 
-    async def run() -> list[str]:
-        answers = await asyncio.gather(*(remote.acomplete(p) for p in prompts))
-        return [a.text for a in answers]
+    ticks = 0
 
-    assert asyncio.run(run()) == [local.complete(p).text for p in prompts]
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def run() -> list[Any]:
+        beat = asyncio.create_task(ticker())
+        answers = await asyncio.gather(*(remote.acomplete(p) for p in prompts))
+        beat.cancel()
+        return answers
+
+    answers = asyncio.run(run())
+    assert [a.text for a in answers] == [local.complete(p).text for p in prompts]
+    assert {a.raw["server"] for a in answers} == {s.url for s in tiny_pair}  # both served
+    assert ticks > 3  # the event loop ran while the servers generated
 
 
 def test_async_stream(remote: LlamaCPP) -> None:
@@ -176,3 +199,48 @@ def test_structured_output_through_text_completion_llm(gemma: LlamaCPP) -> None:
         llm=gemma,
     )
     assert isinstance(text_llm(value="input", llm_kwargs={"max_new_tokens": 128}), Pick)
+
+
+def test_the_prompt_format_is_detected_from_the_servers_template(
+    start_server: ServerFactory, server_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """llama-server's /props gives the GGUF's chat template; llama-cpp-python's server cannot."""
+    template = "{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}"
+    path = build_tiny_gguf(
+        tmp_path_factory.mktemp("templated") / "tiny.gguf",
+        TinyModelSpec(chat_template=template, name="tiny-templated"),
+    )
+    server = start_server(path, n_ctx=512)
+    if server_kind == "llama-cpp-python":
+        with pytest.raises(MissingFormatterError, match="formatter="):
+            LlamaCPP(server_urls=[server.url])
+        return
+    llm = LlamaCPP(server_urls=[server.url], temperature=0.0, max_new_tokens=8)
+    assert "chat template" in llm.formatter_reason
+    assert llm.format_messages([Message.user("Hi")]) == "[INST] Hi [/INST]"
+    assert llm.chat([Message.user("Hi")]).message.content is not None
+
+
+def test_llama_servers_chatml_fallback_is_not_taken_for_the_models_format(
+    start_server: ServerFactory, gemma_model_path: Path
+) -> None:
+    """Gemma 3 270M (base) has no template: llama-server reports ChatML, which is refused."""
+    server = start_server(gemma_model_path, n_ctx=512)
+    with pytest.raises(MissingFormatterError, match="formatter="):
+        LlamaCPP(server_urls=[server.url])
+
+
+def test_api_key(tiny_model_path: Path, server_kind: str) -> None:
+    """A server that wants a key gets it as a bearer token; a wrong key says so."""
+    if server_kind == "llama-server":
+        binary = llama_server_binary()
+        assert binary is not None
+        server = start_llama_server(binary, tiny_model_path, n_ctx=512, api_key="sesame")
+    else:
+        server = start_llama_cpp_python_server(tiny_model_path, n_ctx=512, api_key="sesame")
+    with server:
+        llm = LlamaCPP(server_urls=[server.url], api_key="sesame", formatter="llama2")
+        assert llm.complete("Hello", max_new_tokens=4).text
+        with pytest.raises(ServerResponseError, match="check api_key") as caught:
+            LlamaCPP(server_urls=[server.url], api_key="wrong", formatter="llama2")
+        assert "wrong" not in str(caught.value)

@@ -99,7 +99,32 @@ def _connect(client: httpx.Client, options: ServerOptions) -> ServerModel:
             redact_url(options.urls[index]),
             problem,
         )
-    return ServerModel(options, client, servers, down=problems)
+    model_servers = ServerModel(options, client, servers, down=problems)
+    fixed = [_own_template(model_servers, server) for server in servers]
+    if fixed == servers:
+        return model_servers
+    return ServerModel(options, client, fixed, down=problems)
+
+
+# What llama-server reports as the chat template of a model that has none (common/chat.cpp,
+# CHATML_TEMPLATE_SRC): a ChatML fallback, which is no evidence of the model's format.
+LLAMA_SERVER_FALLBACK_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "  {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "  {{- '<|im_start|>assistant\n' -}}\n"
+    "{%- endif -%}"
+)
+
+
+def _own_template(model: ServerModel, server: ServerDescription) -> ServerDescription:
+    """Drop llama-server's ChatML fallback unless the vocabulary really has ChatML's markers."""
+    if server.chat_template != LLAMA_SERVER_FALLBACK_TEMPLATE:
+        return server
+    if len(model.tokenize("<|im_start|>")) - (1 if server.adds_bos else 0) == 1:
+        return server  # a ChatML model whose GGUF has exactly this template
+    return attrs.evolve(server, chat_template=None)
 
 
 def _require_one_kind(servers: list[ServerDescription]) -> None:

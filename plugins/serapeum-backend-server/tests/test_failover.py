@@ -6,6 +6,8 @@ Each test starts its own servers (it kills them), of the module's kind (see conf
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from serapeum.core.llms import FinishReason
 from serapeum.llama_cpp import LlamaCPP
 from serapeum_backend_server import ServerDisconnectedError, ServerUnavailableError
-from serapeum_backend_server.testing import free_port
+from serapeum_backend_server.testing import free_port, start_llama_cpp_python_server
 
 from .conftest import ServerFactory
 
@@ -114,3 +116,29 @@ def test_a_server_dying_mid_stream_keeps_the_text_so_far(
             if received and server.alive:
                 server.kill()
     assert caught.value.text == received and received
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 made by the openssl command line (a real TLS handshake)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_verifies_the_servers_certificate(tiny_model_path: Path, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with start_llama_cpp_python_server(tiny_model_path, tls=(cert, key)) as server:
+        assert server.url.startswith("https://")
+        trusting = _llm([server.url], model_kwargs={"verify": str(cert)})
+        assert trusting.complete("Hello", max_new_tokens=4).text
+        with pytest.raises(ServerUnavailableError, match=r"(?i)certificate"):
+            _llm([server.url])  # the system's CAs do not know this certificate

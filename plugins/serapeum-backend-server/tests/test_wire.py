@@ -220,44 +220,45 @@ def test_retryable_statuses_exclude_500_and_client_errors() -> None:
 
 
 # -- llama-server protocol ----------------------------------------------------------------
-# The events of a streamed /completion, in the shapes of server-task.cpp (partial: the
-# 7 fields of to_json_non_oaicompat; the last partial also has timings; then the final).
+# A streamed /completion of the tiny model as llama-server (llama.cpp of llama-cpp-python
+# 0.3.36) sent it, captured with curl; generation_settings trimmed. The partial events
+# carry id_slot -1; the final one the slot, stop_type, the counts and timings.
 TIMINGS = {
-    "cache_n": 236,
+    "cache_n": 2,
     "prompt_n": 1,
-    "prompt_ms": 30.958,
-    "prompt_per_token_ms": 30.958,
-    "prompt_per_second": 32.301828283480845,
-    "predicted_n": 35,
-    "predicted_ms": 661.064,
-    "predicted_per_token_ms": 18.887542857142858,
-    "predicted_per_second": 52.94494935437416,
+    "prompt_ms": 0.45,
+    "prompt_per_token_ms": 0.45,
+    "prompt_per_second": 2222.222222222222,
+    "predicted_n": 3,
+    "predicted_ms": 0.618,
+    "predicted_per_token_ms": 0.206,
+    "predicted_per_second": 4854.368932038835,
 }
 PARTIAL = {
     "index": 0,
-    "content": " or",
-    "tokens": [372],
+    "content": "6",
+    "tokens": [277],
     "stop": False,
     "id_slot": -1,
     "tokens_predicted": 1,
-    "tokens_evaluated": 237,
+    "tokens_evaluated": 3,
 }
 FINAL = {
     "index": 0,
     "content": "",
     "tokens": [],
-    "id_slot": 1,
+    "id_slot": 0,
     "stop": True,
-    "model": "tiny",
-    "tokens_predicted": 35,
-    "tokens_evaluated": 237,
-    "generation_settings": {"n_predict": 35},
-    "prompt": "<s> hello",
+    "model": "/tmp/hA/tiny.gguf",
+    "tokens_predicted": 3,
+    "tokens_evaluated": 3,
+    "generation_settings": {"seed": 4294967295, "n_predict": 3, "stream": True},
+    "prompt": "<s> he",
     "has_new_line": False,
     "truncated": False,
     "stop_type": "limit",
     "stopping_word": "",
-    "tokens_cached": 271,
+    "tokens_cached": 5,
     "timings": TIMINGS,
 }
 
@@ -336,42 +337,47 @@ def test_llama_server_body_carries_schema_and_grammar() -> None:
 def test_llama_server_parses_partial_and_final_events() -> None:
     protocol = LlamaServerProtocol()
     first = protocol.parse_event(PARTIAL)
-    assert first == WireChunk(delta=" or", raw=PARTIAL)
-    assert first.slot is None and first.finish_reason is None
-    last_partial = protocol.parse_event({**PARTIAL, "content": " 7", "timings": TIMINGS})
-    assert last_partial.finish_reason is None and last_partial.timing is not None
+    assert first == WireChunk(delta="6", raw=PARTIAL)
+    assert first.slot is None and first.finish_reason is None and first.usage is None
+    # with timings_per_token a partial event carries timings too (no finish, no usage)
+    timed = protocol.parse_event({**PARTIAL, "timings": TIMINGS})
+    assert timed.finish_reason is None and timed.usage is None and timed.timing is not None
     final = protocol.parse_event(FINAL)
     assert final.delta == ""
     assert final.finish_reason is FinishReason.LENGTH
-    assert final.slot == 1
-    # tokens_evaluated is the whole prompt; cache_n of it was reused (tokens_cached is the
-    # slot's cache after the request, prompt plus answer, so it is not used)
-    assert final.usage == Usage(prompt_tokens=237, completion_tokens=35, cached_prompt_tokens=236)
+    assert final.slot == 0
+    # tokens_evaluated is the whole prompt and cache_n of it was reused; tokens_cached (5)
+    # is the slot's cache after the request (prompt + answer - 1), so it is not used
+    assert final.usage == Usage(prompt_tokens=3, completion_tokens=3, cached_prompt_tokens=2)
     assert final.timing == Timing(
-        time_to_first_token=0.030958,
-        prompt_seconds=0.030958,
-        generation_seconds=0.661064,
-        tokens_per_second=52.94494935437416,
+        time_to_first_token=0.00045,
+        prompt_seconds=0.00045,
+        generation_seconds=0.000618,
+        tokens_per_second=4854.368932038835,
     )
     assert protocol.parse_event({**FINAL, "stop_type": "eos"}).finish_reason is FinishReason.STOP
     assert protocol.parse_event({**FINAL, "stop_type": "word"}).finish_reason is FinishReason.STOP
 
 
 def test_llama_server_whole_reply_without_timings() -> None:
-    reply = {**FINAL, "content": " or 7", "stop_type": "eos"}
+    reply = {**FINAL, "content": "66", "stop_type": "eos"}
     del reply["timings"]
     chunk = LlamaServerProtocol().parse_event(reply)
-    assert chunk.delta == " or 7" and chunk.timing is None
-    assert chunk.usage == Usage(prompt_tokens=237, completion_tokens=35, cached_prompt_tokens=0)
+    assert chunk.delta == "66" and chunk.timing is None
+    assert chunk.usage == Usage(prompt_tokens=3, completion_tokens=3, cached_prompt_tokens=0)
 
 
 def test_llama_server_error_event_and_malformed_events() -> None:
     protocol = LlamaServerProtocol(server=SECRET_URL)
+    # captured: llama-server's answer (HTTP 400) to a prompt longer than a slot's context;
+    # an error met mid-stream arrives as the same object in a data: event
     error = {
         "error": {
             "code": 400,
-            "message": "the request exceeds the available context size",
+            "message": "request (601 tokens) exceeds the available context size (512 tokens), try increasing it",
             "type": "exceed_context_size_error",
+            "n_prompt_tokens": 601,
+            "n_ctx": 512,
         }
     }
     with pytest.raises(ServerResponseError) as caught:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,15 @@ def check_server_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     return kwargs
 
 
+def tls_verification(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx's ``verify``: True/False, or a context trusting a CA bundle file or folder."""
+    if isinstance(verify, bool):
+        return verify
+    if os.path.isdir(verify):
+        return ssl.create_default_context(capath=verify)
+    return ssl.create_default_context(cafile=verify)
+
+
 def client_for(options: ServerOptions) -> httpx.Client:
     """One pooled client for every server: timeouts, TLS verification and bearer auth."""
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
@@ -51,7 +62,7 @@ def client_for(options: ServerOptions) -> httpx.Client:
             write=options.read_timeout,
             pool=options.read_timeout,
         ),
-        verify=options.verify,
+        verify=tls_verification(options.verify),
         headers=headers,
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         trust_env=True,

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -137,8 +138,12 @@ def start_llama_cpp_python_server(
     startup_timeout: float = 120.0,
     api_key: str | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
 ) -> RunningServer:
     """Run ``python -m llama_cpp.server`` on the model; return once ``/v1/models`` answers 200.
+
+    ``tls=(certificate, key)`` serves HTTPS (uvicorn's ``--ssl_certfile``/``--ssl_keyfile``);
+    the readiness check then trusts that certificate.
 
     One thread by default: tests run several servers on a couple of cores. Options are the
     pydantic field names of llama_cpp/server/settings.py (``--n_ctx``, ``--api_key``...).
@@ -158,11 +163,21 @@ def start_llama_cpp_python_server(
         ]  # fmt: skip
         if api_key is not None:
             args += ["--api_key", api_key]
+        if tls is not None:
+            args += ["--ssl_certfile", os.fspath(tls[0]), "--ssl_keyfile", os.fspath(tls[1])]
         return args + list(extra_args)
 
     env = {k: v for k, v in os.environ.items() if k.lower() not in _LLAMA_CPP_PYTHON_ENV}
     return _start(
-        "llama-cpp-python", command, "/v1/models", port, env, startup_timeout, api_key, log_dir
+        "llama-cpp-python",
+        command,
+        "/v1/models",
+        port,
+        env,
+        startup_timeout,
+        api_key,
+        log_dir,
+        certificate=None if tls is None else os.fspath(tls[0]),
     )
 
 
@@ -221,14 +236,16 @@ def _start(
     startup_timeout: float,
     api_key: str | None,
     log_dir: str | os.PathLike[str] | None,
+    certificate: str | None = None,
 ) -> RunningServer:
     """Launch, wait for readiness; retry on another port when the OS's pick was taken."""
     attempts = 1 if port is not None else _PORT_RETRIES
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
-        server = _launch(kind, command(chosen), chosen, env, log_dir)
+        scheme = "http" if certificate is None else "https"
+        server = _launch(kind, command(chosen), chosen, env, log_dir, scheme)
         try:
-            _wait_ready(server, ready_path, startup_timeout, api_key)
+            _wait_ready(server, ready_path, startup_timeout, api_key, certificate)
         except _PortTaken:
             if attempt + 1 == attempts:
                 raise _startup_error(server, "its port was taken") from None
@@ -247,6 +264,7 @@ def _launch(
     port: int,
     env: Mapping[str, str],
     log_dir: str | os.PathLike[str] | None,
+    scheme: str = "http",
 ) -> RunningServer:
     # One folder per launch (mkdtemp), inside log_dir when given (say, a test's tmp_path).
     folder = Path(tempfile.mkdtemp(prefix=f"serapeum-{kind}-", dir=log_dir))
@@ -260,16 +278,23 @@ def _launch(
             env=dict(env),
         )
     return RunningServer(
-        url=f"http://127.0.0.1:{port}", process=process, kind=kind, port=port, log_path=log_path
+        url=f"{scheme}://127.0.0.1:{port}", process=process, kind=kind, port=port, log_path=log_path
     )
 
 
 def _wait_ready(
-    server: RunningServer, ready_path: str, startup_timeout: float, api_key: str | None
+    server: RunningServer,
+    ready_path: str,
+    startup_timeout: float,
+    api_key: str | None,
+    certificate: str | None = None,
 ) -> None:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
     deadline = time.monotonic() + startup_timeout
-    with httpx.Client(base_url=server.url, headers=headers, timeout=2.0) as client:
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=certificate) if certificate is not None else True
+    )
+    with httpx.Client(base_url=server.url, headers=headers, timeout=2.0, verify=verify) as client:
         while True:
             if not server.alive:
                 server.process.wait()

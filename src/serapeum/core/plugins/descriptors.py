@@ -114,6 +114,7 @@ class ModelSource:
     resolve: Callable[[ModelRequest], Path]
     priority: int = 0
     description: str = ""
+    aliases: tuple[str, ...] = field(default=(), converter=names)
 
 
 @frozen

@@ -17,10 +17,13 @@ def normalize_name(name: str) -> str:
 
 
 class Named(Protocol):
-    """Anything registered by name (descriptors have ``name`` and may have ``aliases``)."""
+    """Anything registered by name: descriptors have a ``name`` and other ``aliases``."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def aliases(self) -> tuple[str, ...]: ...
 
 
 T = TypeVar("T", bound=Named)
@@ -48,8 +51,7 @@ class Registry(Generic[T]):
 
     def add(self, entry: Registered[T]) -> None:
         self._entries.append(entry)
-        aliases = getattr(entry.item, "aliases", ())
-        for spelling in (entry.item.name, *aliases):
+        for spelling in (entry.item.name, *entry.item.aliases):
             key = normalize_name(spelling)
             current = self._by_key.get(key)
             if current is None:

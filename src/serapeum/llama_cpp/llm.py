@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import numbers
@@ -660,8 +661,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         it is generated. Cancelling the task, ``break`` or ``aclose()`` stops generation
         within a token and frees the model.
         """
-        request = self._build_request(prompt, formatted, kwargs)
-        if not self._model.capabilities.concurrent:
+        if self._model.capabilities.concurrent:
+            # Its tokenizer may be a network call (a server's): never on the event loop.
+            request = await asyncio.to_thread(self._build_request, prompt, formatted, kwargs)
+        else:
+            request = self._build_request(prompt, formatted, kwargs)
             reentry.refuse_async_call(self._model)
         if stream:
             # A model that runs requests concurrently cannot deadlock behind a stream.

@@ -139,7 +139,9 @@ class LoadedModel(Protocol):
         """Token ids as the model will see ``text`` as a prompt, BOS exactly once.
 
         Called for every request before generation (the engine's context guard), and by
-        ``LlamaCPP.tokenize``. May raise ``ContextWindowExceededError`` early for a text
+        ``LlamaCPP.tokenize``: on the caller's thread, or for an async call on the event
+        loop's thread unless ``capabilities.concurrent`` (then a worker thread, since a
+        server's tokenizer is a network call). May raise ``ContextWindowExceededError`` early for a text
         that cannot fit, and the backend's typed errors (a server that cannot be reached).
         """
         ...
@@ -170,8 +172,10 @@ class LoadedModel(Protocol):
         ...
 
     def close(self) -> None:
-        """Free the model's resources (native memory, connections). Idempotent.
+        """Free the model's resources (native memory, connections) now. Idempotent.
 
-        Called when the engine drops the model; later calls on it may raise.
+        The engine frees a model by dropping its last reference (the model cache holds
+        models weakly); ``close()`` is for a caller that needs it freed at a known moment
+        (``LlamaCPP.loaded_model.close()``). Later calls on a closed model may raise.
         """
         ...

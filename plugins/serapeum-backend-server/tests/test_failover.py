@@ -54,15 +54,16 @@ def test_killing_one_of_two_servers_loses_no_request_that_had_not_started(
         except ServerDisconnectedError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=8) as workers:
-        futures = [workers.submit(ask, i) for i in range(24)]
+    # Far more requests at once than the servers have slots: some wait on the doomed one.
+    with ThreadPoolExecutor(max_workers=16) as workers:
+        futures = [workers.submit(ask, i) for i in range(48)]
         started.wait(timeout=60)
         doomed.kill()
         outcomes = [f.result(timeout=300) for f in futures]
 
     disconnected = [o for o in outcomes if isinstance(o, ServerDisconnectedError)]
     answered = [o for o in outcomes if isinstance(o, str)]
-    assert len(answered) + len(disconnected) == 24
+    assert len(answered) + len(disconnected) == 48
     # Only a request already streaming from the killed server may fail, and it says what it
     # had (never silently re-generated elsewhere).
     for error in disconnected:
@@ -71,8 +72,9 @@ def test_killing_one_of_two_servers_loses_no_request_that_had_not_started(
     assert all(a for a in answered)
     assert llm.complete("Question 0").text == expected  # the survivor serves what is left
     assert 0 in llm.loaded_model.pool.problems()  # type: ignore[attr-defined]
-    # The kill caught requests waiting on the doomed server, and they moved on.
-    assert "trying another server" in caplog.text
+    # The kill caught requests waiting on the doomed server (to tokenize or to generate),
+    # and they moved on.
+    assert "another server" in caplog.text
 
 
 def test_a_server_down_at_start_joins_as_down(

@@ -370,18 +370,20 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             require_context_fits(checked, int(options.get("n_ctx") or 0))
         else:
             path = None
+            # No n_ctx: the guard below applies context_window, so instances with other
+            # windows share one pool of servers.
             options = {
                 "urls": tuple(self.server_urls or ()),
                 "api_key": self.api_key,
-                "n_ctx": self.context_window,
                 "verbose": self.verbose,
                 **self.model_kwargs,
             }
         key = cache_key(backend.name, path, options)
         self._model = MODEL_CACHE.get_or_load(key, lambda: self._load(backend, path, options))
         self._resolved_path = path
-        # llama.cpp may round n_ctx up; the guard keeps to what the user asked for.
-        requested = int(options.get("n_ctx") or self._model.n_ctx)
+        # llama.cpp may round n_ctx up; the guard keeps to what the user asked for (n_ctx=0 in
+        # model_kwargs asks for the model's own context).
+        requested = int(options.get("n_ctx", self.context_window) or self._model.n_ctx)
         self._context_limit = min(requested, self._model.n_ctx)
         if self.model_path is None and path is not None:
             self.model_path = str(path)

@@ -7,12 +7,12 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import httpx
 
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.errors import ConfigurationError, SerapeumError
 from serapeum.core.redact import redact_url
 from serapeum_backend_server.detect import ServerDescription, describe_server
 from serapeum_backend_server.errors import ServerUnavailableError
@@ -100,8 +100,13 @@ def _connect(client: httpx.Client, options: ServerOptions) -> ServerModel:
         )
     _require_one_kind(list(found.values()))
     model = next(iter(found.values()))
+    # A server down now is assumed to be like the others until it answers (then described).
     servers = [
-        found[i] if i in found else attrs.evolve(model, url=url)
+        found[i]
+        if i in found
+        else attrs.evolve(
+            model, url=url, protocol=attrs.evolve(cast(Any, model.protocol), server=url)
+        )
         for i, url in enumerate(options.urls)
     ]
     for index, problem in problems.items():
@@ -110,11 +115,8 @@ def _connect(client: httpx.Client, options: ServerOptions) -> ServerModel:
             redact_url(options.urls[index]),
             problem,
         )
-    model_servers = ServerModel(options, client, servers, down=problems)
-    fixed = [_own_template(model_servers, server) for server in servers]
-    if fixed == servers:
-        return model_servers
-    return ServerModel(options, client, fixed, down=problems)
+    servers = [_own_template(client, server) for server in servers]
+    return ServerModel(options, client, servers, down=problems, undescribed=problems)
 
 
 # What llama-server reports as the chat template of a model that has none (common/chat.cpp,
@@ -129,12 +131,20 @@ LLAMA_SERVER_FALLBACK_TEMPLATE = (
 )
 
 
-def _own_template(model: ServerModel, server: ServerDescription) -> ServerDescription:
+def _own_template(client: httpx.Client, server: ServerDescription) -> ServerDescription:
     """Drop llama-server's ChatML fallback unless the vocabulary really has ChatML's markers."""
     if server.chat_template != LLAMA_SERVER_FALLBACK_TEMPLATE:
         return server
-    if len(model.tokenize("<|im_start|>")) - (1 if server.adds_bos else 0) == 1:
-        return server  # a ChatML model whose GGUF has exactly this template
+    route = server.protocol.tokenize_body("<|im_start|>")
+    if route is not None:
+        path, body = route
+        try:
+            response = client.post(server.url + path, json=body)
+            tokens = server.protocol.parse_tokens(response.json())
+        except (httpx.HTTPError, ValueError, SerapeumError):
+            tokens = []
+        if len(tokens) == 1:
+            return server  # a ChatML model whose GGUF has exactly this template
     return attrs.evolve(server, chat_template=None)
 
 

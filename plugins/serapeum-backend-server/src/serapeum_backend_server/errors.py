@@ -71,14 +71,18 @@ class ServerResponseError(SerapeumError, RuntimeError):
 
     400 (a request the server will not take), 401/403 (the message says to check
     ``api_key``), 404 (no such endpoint or model), 422, 500... ``detail`` is the server's
-    own explanation, shortened.
+    own explanation, shortened. ``text`` is what the answer had streamed before an error
+    event ended it ("" when it refused the request outright).
     """
 
-    def __init__(self, message: str, *, status: int, server: str, detail: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int, server: str, detail: str = "", text: str = ""
+    ) -> None:
         super().__init__(redact_text(message))
         self.status = status
         self.server = redact_url(server)
         self.detail = redact_text(detail)
+        self.text = text
 
 
 class ServerProtocolError(ServerResponseError):

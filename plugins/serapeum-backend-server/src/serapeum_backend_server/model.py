@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
-from collections.abc import Generator, Iterator, Sequence
+import weakref
+from collections.abc import Collection, Generator, Iterator, Sequence
 from typing import Any
 
 import httpx
 
-from serapeum.core.errors import IncompleteJSONError
+from serapeum.core.errors import ConfigurationError, IncompleteJSONError, SerapeumError
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import (
     BackendCapabilities,
@@ -29,10 +31,11 @@ from serapeum.core.plugins import (
     ModelInfo,
 )
 from serapeum.core.redact import redact_text, redact_url
-from serapeum_backend_server.detect import ServerDescription, check_health
+from serapeum_backend_server.detect import ServerDescription, check_health, describe_server
 from serapeum_backend_server.errors import (
     ServerDisconnectedError,
     ServerProtocolError,
+    ServerResponseError,
     ServerUnavailableError,
     error_detail,
     is_retryable_status,
@@ -45,26 +48,50 @@ from serapeum_backend_server.sse import DONE, iter_sse_data
 
 logger = logging.getLogger("serapeum.backend.server")
 
+# ServerModel.n_ctx when no server reports its context: the engine's guard is then the
+# caller's context_window alone (the engine takes the smaller of the two).
+UNREPORTED_CONTEXT = 2**31 - 1
+
 
 class _Retry(Exception):
     """This server cannot take the request now; another may (never leaves this module)."""
 
-    def __init__(self, problem: str, *, server_down: bool) -> None:
+    def __init__(self, problem: str, *, server_down: bool, stale: bool = False) -> None:
         super().__init__(problem)
         self.problem = problem
         self.server_down = server_down
+        self.stale = stale  # a kept-alive connection the server had closed: try it again
 
 
-def _closer(response: httpx.Response) -> Any:
-    """A callback that closes ``response`` (a cancel from another thread unblocks its read)."""
+class _Interrupter:
+    """A cancel callback that unblocks a read waiting on the server, from another thread.
 
-    def close() -> None:
-        try:
-            response.close()
-        except Exception:  # a response closing under a read may complain; it is closed
-            logger.debug("closing a cancelled response", exc_info=True)
+    Closing a socket does not wake a ``recv`` blocked in another thread on Linux; shutting
+    it down does. ``disarm`` runs before the callback is unregistered, because a
+    ``CancelToken`` may still call it after that: by then the connection may be back in the
+    pool serving another request, and must not be touched.
+    """
 
-    return close
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._armed = True
+        self._lock = threading.Lock()
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by the server
+                pass
 
 
 class ServerModel:
@@ -81,10 +108,14 @@ class ServerModel:
         servers: Sequence[ServerDescription],
         *,
         down: dict[int, str] | None = None,
+        undescribed: Collection[int] = (),
     ) -> None:
         self._options = options
         self._client = client
-        self._servers = tuple(servers)
+        # Replaced (one item at a time) when a server down at start is described later.
+        self._servers = list(servers)
+        self._undescribed = set(undescribed)
+        self._probe_locks = [threading.Lock() for _ in self._servers]
         self._pool = ServerPool(
             [server.url for server in self._servers],
             [server.slots for server in self._servers],
@@ -95,9 +126,14 @@ class ServerModel:
         for index, problem in (down or {}).items():
             self._pool.mark_down(index, problem)
         first = self._servers[0]
-        known = [server.n_ctx for server in self._servers if server.n_ctx]
+        known = [
+            server.n_ctx
+            for index, server in enumerate(self._servers)
+            if server.n_ctx and index not in self._undescribed
+        ]
         limits = [*known, *([options.n_ctx] if options.n_ctx else [])]
-        self._n_ctx = min(limits) if limits else 2048
+        # No server says (llama-cpp-python's): the caller's context_window is the guard.
+        self._n_ctx = min(limits) if limits else UNREPORTED_CONTEXT
         supported = frozenset.intersection(
             *(server.protocol.supported_options for server in self._servers)
         )
@@ -118,6 +154,8 @@ class ServerModel:
         more = f" (+{len(self._servers) - 1} more)" if len(self._servers) > 1 else ""
         self._name = f"{first.model_id or 'model'} at {redact_url(first.url)}{more}"
         self._closed = threading.Event()
+        # Connections close when the model goes, even if nobody calls close().
+        weakref.finalize(self, client.close)
 
     # -- what the engine reads -----------------------------------------------------------
     @property
@@ -143,12 +181,19 @@ class ServerModel:
 
     @property
     def servers(self) -> tuple[ServerDescription, ...]:
-        return self._servers
+        return tuple(self._servers)
 
     def close(self) -> None:
+        """Close every connection; later requests raise ``ConfigurationError``."""
         if not self._closed.is_set():
             self._closed.set()
             self._client.close()
+
+    def _require_open(self) -> None:
+        if self._closed.is_set():
+            raise ConfigurationError(
+                f"{self._name} was closed (loaded_model.close()); make a new LlamaCPP"
+            )
 
     # -- tokens --------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -157,6 +202,7 @@ class ServerModel:
         The first server that is up and can tokenize answers; a server without a tokenize
         endpoint (a plain OpenAI-compatible one) leaves the count to the server: ``[]``.
         """
+        self._require_open()
         problems: dict[str, str] = {}
         for index, server in self._tokenizers():
             route = server.protocol.tokenize_body(text)
@@ -169,6 +215,7 @@ class ServerModel:
                 problems[server.url] = retry.problem
                 if retry.server_down:
                     self._pool.mark_down(index, retry.problem)
+                logger.info("%s: %s; asking another server", redact_url(server.url), retry.problem)
                 continue
             tokens = server.protocol.parse_tokens(payload)
             bos = server.bos_id
@@ -189,7 +236,10 @@ class ServerModel:
     def _post_json(self, server: ServerDescription, path: str, body: dict[str, Any]) -> Any:
         action = f"POST {path}"
         try:
-            response = self._client.post(server.url + path, json=body)
+            try:
+                response = self._client.post(server.url + path, json=body)
+            except httpx.RemoteProtocolError:  # a kept-alive connection the server closed
+                response = self._client.post(server.url + path, json=body)
         except httpx.TransportError as exc:
             raise _Retry(f"{action} failed: {_reason(exc)}", server_down=True) from None
         if is_retryable_status(response.status_code):
@@ -234,51 +284,118 @@ class ServerModel:
 
     def stream(self, request: GenerationRequest) -> ChunkStream:
         """Route, stream, and fail over until the first token; see the module docstring."""
+        self._require_open()
         started = time.perf_counter()
         tried: set[int] = set()
+        reconnected: set[int] = set()
         problems: dict[str, str] = {}
+        self._probe_due_servers()
+        probed_all = False
         while True:
             if request.cancel is not None and request.cancel.is_set():
                 yield _summary_chunk(request, "", {}, started, started, None)
                 return
             lease = self._pool.choose(request.prompt_tokens, exclude=tried)
             if lease is None:
+                # Every server is down or tried: ask the down ones now (a blip on a
+                # one-server pool must not fail requests for a whole backoff).
+                if not probed_all and self._probe_now(exclude=tried):
+                    probed_all = True
+                    continue
                 for index, problem in self._pool.problems().items():
                     problems.setdefault(self._servers[index].url, problem)
                 raise ServerUnavailableError(problems=problems or {"pool": "no server is up"})
             server = self._servers[lease.server]
-            ok = False
+            summary: BackendChunk | None = None
+            text = ""
             try:
                 if self._pool.needs_probe(lease.server):
                     self._probe(lease.server)
-                ok = yield from self._stream_from(server, lease, request, started)
-                return
+                    server = self._servers[lease.server]
+                summary, text = yield from self._stream_from(server, lease, request, started)
             except _Retry as retry:
+                if retry.stale and lease.server not in reconnected:
+                    reconnected.add(lease.server)  # once, on a fresh connection
+                    continue
                 tried.add(lease.server)
                 problems[server.url] = retry.problem
                 if retry.server_down:
                     self._pool.mark_down(lease.server, retry.problem)
                 logger.info("%s: %s; trying another server", redact_url(server.url), retry.problem)
+                continue
             finally:
-                self._pool.finished(lease, request.prompt_tokens, ok)
+                # The slot holds the prompt once the answer is complete, even when the
+                # consumer stops at the last chunk or the JSON check below refuses it.
+                self._pool.finished(lease, request.prompt_tokens, summary is not None)
+            if summary.finish_reason is not FinishReason.CANCELLED:
+                _require_json(request, text, summary.finish_reason)
+            yield summary
+            return
 
+    # -- health ----------------------------------------------------------------------------
     def _probe(self, index: int) -> None:
         """A server that was down gets a health check before it gets a request again."""
         try:
-            check_health(self._client, self._servers[index])
+            self._check_and_refresh(index)
         except ServerUnavailableError as exc:
             raise _Retry(f"still down ({exc})", server_down=True) from None
         self._pool.mark_up(index)
 
+    def _check_and_refresh(self, index: int) -> None:
+        """Health-check a server; one never described (down at start) is described now."""
+        server = self._servers[index]
+        check_health(self._client, server)
+        if index in self._undescribed:
+            self._servers[index] = describe_server(self._client, server.url, self._options)
+            self._undescribed.discard(index)
+
+    def _probe_due_servers(self) -> None:
+        """Health-check, in the background, the down servers whose backoff has elapsed."""
+        for index in self._pool.claim_probes():
+            threading.Thread(
+                target=self._background_probe, args=(index,), name="serapeum-probe", daemon=True
+            ).start()
+
+    def _background_probe(self, index: int) -> None:
+        try:
+            self._check_and_refresh(index)
+        except SerapeumError as exc:
+            self._pool.mark_down(index, f"still down ({exc})")
+        else:
+            self._pool.mark_up(index)
+
+    def _probe_now(self, exclude: set[int]) -> bool:
+        """Probe every down server not yet tried by this request; True when one came back."""
+        back = False
+        for index in self._pool.problems():
+            if index in exclude:
+                continue
+            with self._probe_locks[index]:  # concurrent requests wait for one probe
+                if index not in self._pool.problems():
+                    back = True  # another request's probe brought it back
+                    continue
+                try:
+                    self._check_and_refresh(index)
+                except SerapeumError as exc:
+                    self._pool.mark_down(index, f"still down ({exc})")
+                else:
+                    self._pool.mark_up(index)
+                    back = True
+        return back
+
+    # -- one attempt ---------------------------------------------------------------------------
     def _stream_from(
         self,
         server: ServerDescription,
         lease: Lease,
         request: GenerationRequest,
         started: float,
-    ) -> Generator[BackendChunk, None, bool]:
-        """Stream one attempt; ``_Retry`` while nothing has been yielded. Returns success."""
-        path, body = server.protocol.completion_body(request, slot=lease.slot, stream=True)
+    ) -> Generator[BackendChunk, None, tuple[BackendChunk, str]]:
+        """Stream one attempt; return its summary chunk and text. ``_Retry`` while nothing arrived."""
+        protocol = server.protocol
+        path, body = protocol.completion_body(request, slot=lease.slot, stream=True)
+        parse = protocol.parse_event
+        final_event_ends = protocol.kind != "openai"  # llama-server sends nothing after it
         parts: list[str] = []
         first_at: float | None = None
         final: dict[str, Any] = {}
@@ -287,12 +404,20 @@ class ServerModel:
         try:
             with self._client.stream("POST", server.url + path, json=body) as response:
                 self._check_status(server, path, response)
-                undo = cancel.on_set(_closer(response)) if cancel is not None else None
+                interrupt = _Interrupter(response)
+                undo = cancel.on_set(interrupt) if cancel is not None else None
                 try:
-                    for data in iter_sse_data(response.iter_lines()):
+                    if cancel is not None and cancel.is_set():
+                        final["finish_reason"] = FinishReason.CANCELLED
+                        return _summary_chunk(request, "", final, started, first_at, server), ""
+                    lines = iter_sse_data(response.iter_lines())
+                    for data in lines:
                         if data == DONE:
                             break
-                        chunk = server.protocol.parse_event(_json(data, server))
+                        try:
+                            chunk = parse(_json(data, server))
+                        except ServerResponseError as exc:
+                            raise self._error_event(exc, parts) from None
                         if chunk.delta or chunk.finish_reason is None:
                             events += 1
                         _merge_final(final, chunk)
@@ -304,16 +429,25 @@ class ServerModel:
                         if cancel is not None and cancel.is_set():
                             final["finish_reason"] = FinishReason.CANCELLED
                             break
-                        if chunk.finish_reason is not None and server.protocol.kind != "openai":
-                            break  # llama-server's last event; nothing follows it
+                        if final_event_ends and chunk.finish_reason is not None:
+                            break
+                    if final.get("finish_reason") not in (None, FinishReason.CANCELLED):
+                        for _ in lines:  # read to the end: the connection goes back to the pool
+                            pass
                 finally:
+                    interrupt.disarm()
                     if undo is not None:
                         undo()
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.StreamError) as exc:
             if cancel is not None and cancel.is_set():
                 final["finish_reason"] = FinishReason.CANCELLED
             elif not parts:
-                raise _Retry(f"the connection failed: {_reason(exc)}", server_down=True) from None
+                # A server closes idle kept-alive connections; the next request on one finds
+                # it closed before any byte. That is not the server being down.
+                stale = isinstance(exc, httpx.RemoteProtocolError) and first_at is None
+                raise _Retry(
+                    f"the connection failed: {_reason(exc)}", server_down=True, stale=stale
+                ) from None
             else:
                 self._pool.mark_down(lease.server, f"disconnected mid-stream: {_reason(exc)}")
                 raise ServerDisconnectedError(
@@ -330,16 +464,20 @@ class ServerModel:
                 text="".join(parts),
                 server=server.url,
             )
-        text = "".join(parts)
         if "usage" not in final:  # llama-cpp-python's server: one event per generated token
             final["usage"] = Usage(
                 prompt_tokens=len(request.prompt_tokens), completion_tokens=events
             )
-        summary = _summary_chunk(request, text, final, started, first_at, server)
-        if summary.finish_reason is not FinishReason.CANCELLED:
-            _require_json(request, text, summary.finish_reason)
-        yield summary
-        return True
+        text = "".join(parts)
+        return _summary_chunk(request, text, final, started, first_at, server), text
+
+    @staticmethod
+    def _error_event(exc: ServerResponseError, parts: list[str]) -> Exception:
+        """An error event in a 200 stream: retry elsewhere if nothing arrived and it may help."""
+        if not parts and is_retryable_status(exc.status):
+            return _Retry(f"an error event: {exc.detail or exc}", server_down=exc.status >= 500)
+        exc.text = "".join(parts)
+        return exc
 
     def _check_status(self, server: ServerDescription, path: str, response: httpx.Response) -> None:
         status = response.status_code

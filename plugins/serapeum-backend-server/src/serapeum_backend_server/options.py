@@ -163,6 +163,11 @@ def _url(value: Any) -> str:
             f"{redact_url(text)!r} is not an http(s) URL with a host; give the server's base "
             "URL, e.g. 'http://127.0.0.1:8080'"
         )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{redact_url(text)!r} carries credentials (user:password@); give the key as "
+            "api_key= (sent as a bearer token, never logged)"
+        )
     if parts.query or parts.fragment:
         raise ConfigurationError(
             f"{redact_url(text)!r} has a query or fragment; give the server's base URL "

@@ -62,6 +62,7 @@ class _Server:
         "busy",
         "down",
         "last_used",
+        "probing",
         "problem",
         "recent",
         "retry_at",
@@ -80,6 +81,7 @@ class _Server:
         self.down = False
         self.backoff = 0.0
         self.retry_at = 0.0
+        self.probing = False  # a caller claimed its health check (claim_probes)
         self.problem = ""
 
     @property
@@ -164,9 +166,10 @@ class ServerPool:
     def choose(self, prompt_tokens: Sequence[int], exclude: Collection[int] = ()) -> Lease | None:
         """Lease a place for a prompt and count it in flight; None when no server can take it.
 
-        ``exclude``: servers that already failed this request (failover). A down server is
-        skipped until its backoff elapses; then it takes one request at a time, which the
-        caller probes first (``needs_probe``).
+        ``exclude``: servers that already failed this request (failover). Servers that are up
+        come first; only when none can take the request does a down server whose backoff
+        elapsed take it, one request at a time, which the caller probes first
+        (``needs_probe``). Requests never wait on a probe while another server is up.
         """
         wanted = None
         if self.routing == "affinity" and len(prompt_tokens) >= self._min_shared:
@@ -176,8 +179,14 @@ class ServerPool:
             usable = [
                 index
                 for index, server in enumerate(self._servers)
+                if index not in exclude and not server.down
+            ] or [
+                index
+                for index, server in enumerate(self._servers)
                 if index not in exclude
-                and (not server.down or (now >= server.retry_at and server.in_flight == 0))
+                and not server.probing
+                and now >= server.retry_at
+                and server.in_flight == 0
             ]
             if not usable:
                 return None
@@ -241,8 +250,9 @@ class ServerPool:
             state = self._server(server)
             now = self._clock()
             state.problem = problem
-            if state.down and now < state.retry_at:
+            if state.down and now < state.retry_at and not state.probing:
                 return
+            state.probing = False
             if state.down:
                 state.backoff = min(state.backoff * 2, self._backoff_max)
             else:
@@ -256,6 +266,7 @@ class ServerPool:
         with self._lock:
             state = self._server(server)
             state.down = False
+            state.probing = False
             state.backoff = 0.0
             state.retry_at = 0.0
             state.problem = ""
@@ -265,6 +276,23 @@ class ServerPool:
         with self._lock:
             state = self._server(server)
             return state.down and self._clock() >= state.retry_at
+
+    def claim_probes(self) -> list[int]:
+        """Down servers whose backoff elapsed, each claimed for one caller to health-check.
+
+        The caller probes them (in the background: no request waits) and reports with
+        ``mark_up`` or ``mark_down``; a claimed server is not handed out meanwhile.
+        """
+        with self._lock:
+            now = self._clock()
+            due = [
+                index
+                for index, state in enumerate(self._servers)
+                if state.down and not state.probing and now >= state.retry_at
+            ]
+            for index in due:
+                self._servers[index].probing = True
+            return due
 
     def problems(self) -> dict[int, str]:
         """The last problem of each server that is down."""

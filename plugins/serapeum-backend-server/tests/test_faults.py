@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from serapeum.core.cancellation import CancelToken
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.errors import ConfigurationError, SchemaError
 from serapeum.core.llms import FinishReason
 from serapeum.llama_cpp import LlamaCPP
 from serapeum_backend_server import ServerResponseError, ServerUnavailableError
@@ -123,3 +123,11 @@ def test_instances_with_other_context_windows_share_one_pool() -> None:
         small, large = _llm(server.url, context_window=64), _llm(server.url, context_window=256)
         assert small.loaded_model is large.loaded_model
         assert small.metadata.context_window == 64 and large.metadata.context_window == 256
+
+
+def test_a_schema_that_admits_no_finite_value_never_reaches_the_server() -> None:
+    """``{"$ref": "#"}`` would send a server's grammar compiler into endless recursion."""
+    with FaultServer(_ok) as server:
+        with pytest.raises(SchemaError, match="finite"):
+            _llm(server.url).complete("Hi", json_schema={"$ref": "#"})
+        assert server.completions == 0

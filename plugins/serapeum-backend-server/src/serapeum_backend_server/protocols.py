@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from attrs import field, frozen
 
 from serapeum.core.errors import ConfigurationError
+from serapeum.core.json_schema import schema_from_options
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import GenerationRequest
 from serapeum.core.redact import redact_url
@@ -212,47 +213,13 @@ def _check_values(options: Mapping[str, Any]) -> None:
 
 
 def requested_schema(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema a request asks for: ``json_schema=`` or an OpenAI ``response_format``.
+    """The JSON schema a request asks for (``json_schema=`` or an OpenAI ``response_format``).
 
-    Accepts what the engine accepts: a dict or its JSON text; ``{"type": "json_object"}``
-    (any object), ``{"type": "json_object", "schema": {...}}`` (llama-cpp-python's form)
-    and ``{"type": "json_schema", "json_schema": {"schema": {...}}}`` (OpenAI's).
+    Checked as the in-process backend checks it (``serapeum.core.json_schema``): a schema too
+    deep, too large or admitting no finite value would hang or crash the server's grammar
+    compiler, so it is refused here with a ``SchemaError``.
     """
-    schema = options.get("json_schema")
-    response_format = options.get("response_format")
-    if schema is not None and response_format is not None:
-        raise ConfigurationError("give json_schema or response_format, not both")
-    if response_format is not None:
-        schema = _schema_of_response_format(response_format)
-    if schema is None:
-        return None
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except (ValueError, RecursionError) as exc:
-            raise ConfigurationError(f"json_schema is not valid JSON: {exc}") from None
-    if not isinstance(schema, Mapping):
-        raise ConfigurationError(
-            f"json_schema must be a JSON Schema object (a dict); got {shown(schema)}"
-        )
-    return dict(schema)
-
-
-def _schema_of_response_format(value: Any) -> Any:
-    kind = value.get("type") if isinstance(value, Mapping) else None
-    if kind == "text":
-        return None
-    if kind == "json_schema":
-        inner = value.get("json_schema")
-        if isinstance(inner, Mapping) and "schema" in inner:
-            return inner["schema"]
-    elif kind == "json_object":
-        return value.get("schema") or {"type": "object"}
-    raise ConfigurationError(
-        "response_format must be {'type': 'json_object'} (any JSON object), "
-        "{'type': 'json_object', 'schema': {...}} or "
-        "{'type': 'json_schema', 'json_schema': {'schema': {...}}}; got " + shown(value)
-    )
+    return schema_from_options(options)
 
 
 def _logit_bias_pairs(value: Any) -> list[tuple[int, float]]:

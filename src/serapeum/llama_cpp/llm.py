@@ -355,21 +355,20 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if explicit:
             self._writer = self._prompt_writer(self.formatter, host)
             self._formatter_reason = "chosen by the caller"
+        path: Path | None = None
         if backend.needs_model_file:
-            path: Path | None = self._model_file()
+            path = self._model_file(host)
             options = {
                 "n_ctx": self.context_window,
                 "n_gpu_layers": self.n_gpu_layers,
                 "verbose": self.verbose,
                 **self.model_kwargs,
             }
-            assert path is not None
             checked = require_gguf(path)  # whatever the source: structure first, then the checksum
             if self.model_sha256 is not None:
                 require_sha256(path, self.model_sha256)
             require_context_fits(checked, int(options.get("n_ctx") or 0))
         else:
-            path = None
             # No n_ctx: the guard below applies context_window, so instances with other
             # windows share one pool of servers.
             options = {
@@ -427,6 +426,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 "model_path": self.model_path,
                 "model_url": self.model_url,
                 "hf_model_id": self.hf_model_id,
+                "hf_filename": self.hf_filename,
+                "hf_revision": self.hf_revision,
                 "model_sha256": self.model_sha256,
             }
             given = [name for name, value in file_settings.items() if value is not None]
@@ -439,9 +440,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             self.model_kwargs = dict(backend.check_load_options(self.model_kwargs))
         return backend
 
-    def _model_file(self) -> Path:
+    def _model_file(self, host: PluginHost) -> Path:
         """The local GGUF file, resolved through the source plugins (downloaded if need be)."""
-        host = self.plugins if self.plugins is not None else get_plugin_host()
         request = build_model_request(
             model_path=self.model_path,
             model_url=self.model_url,

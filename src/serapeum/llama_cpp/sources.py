@@ -44,7 +44,8 @@ def build_model_request(
     if not given:
         raise ConfigurationError(
             "no model given: set model_path to a local GGUF file, model_url to download one, "
-            "or hf_model_id with hf_filename to fetch one from the Hugging Face Hub"
+            "hf_model_id with hf_filename to fetch one from the Hugging Face Hub, or "
+            "server_urls to use models that llama.cpp (or OpenAI-compatible) servers hold"
         )
     if len(given) > 1:
         raise ConfigurationError(

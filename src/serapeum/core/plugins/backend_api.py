@@ -176,6 +176,8 @@ class LoadedModel(Protocol):
 
         The engine frees a model by dropping its last reference (the model cache holds
         models weakly); ``close()`` is for a caller that needs it freed at a known moment
-        (``LlamaCPP.loaded_model.close()``). Later calls on a closed model may raise.
+        (``LlamaCPP.loaded_model.close()``), after dropping every ``LlamaCPP`` that shares
+        it: they and any new instance with the same model and options would get the closed
+        model while it stays referenced. Later calls on a closed model may raise.
         """
         ...

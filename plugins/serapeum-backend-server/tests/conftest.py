@@ -55,6 +55,12 @@ def _factory(kind: str, stack: ExitStack) -> ServerFactory:
 
 @pytest.fixture(scope="module", params=KINDS)
 def server_kind(request: pytest.FixtureRequest) -> str:
+    """The kind of server the module's tests run against (llama-server: when built)."""
+    if request.param == "llama-server" and llama_server_binary() is None:
+        pytest.skip(
+            "llama-server tier: set SERAPEUM_LLAMA_SERVER to a llama-server binary "
+            "(scripts/build-llama-server.sh builds one from the pinned sdist)"
+        )
     return str(request.param)
 
 

@@ -420,7 +420,8 @@ class ServerModel:
                             raise self._error_event(exc, parts) from None
                         if chunk.delta or chunk.finish_reason is None:
                             events += 1
-                        _merge_final(final, chunk)
+                        if chunk.finish_reason or chunk.usage or chunk.timing:
+                            _merge_final(final, chunk)
                         if chunk.delta:
                             if first_at is None:
                                 first_at = time.perf_counter()

@@ -422,6 +422,8 @@ class LlamaServerProtocol:
                 server=self.server,
             )
         timings = event.get("timings")
+        if timings is None and event.get("stop") is not True:
+            return WireChunk(delta=content, raw=event)  # most events: a piece of text
         finish: FinishReason | None = None
         usage: Usage | None = None
         if event.get("stop") is True:

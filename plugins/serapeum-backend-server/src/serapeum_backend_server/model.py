@@ -288,6 +288,7 @@ class ServerModel:
         started = time.perf_counter()
         tried: set[int] = set()
         reconnected: set[int] = set()
+        again: int | None = None
         problems: dict[str, str] = {}
         self._probe_due_servers()
         probed_all = False
@@ -295,7 +296,13 @@ class ServerModel:
             if request.cancel is not None and request.cancel.is_set():
                 yield _summary_chunk(request, "", {}, started, started, None)
                 return
-            lease = self._pool.choose(request.prompt_tokens, exclude=tried)
+            lease = None
+            if again is not None:  # the same server once more, on a fresh connection
+                others = set(range(len(self._servers))) - {again}
+                lease = self._pool.choose(request.prompt_tokens, exclude=others)
+                again = None
+            if lease is None:
+                lease = self._pool.choose(request.prompt_tokens, exclude=tried)
             if lease is None:
                 # Every server is down or tried: ask the down ones now (a blip on a
                 # one-server pool must not fail requests for a whole backoff).
@@ -315,7 +322,8 @@ class ServerModel:
                 summary, text = yield from self._stream_from(server, lease, request, started)
             except _Retry as retry:
                 if retry.stale and lease.server not in reconnected:
-                    reconnected.add(lease.server)  # once, on a fresh connection
+                    reconnected.add(lease.server)
+                    again = lease.server
                     continue
                 tried.add(lease.server)
                 problems[server.url] = retry.problem

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,25 @@ def test_api_key(tiny_model_path: Path, server_kind: str) -> None:
         with pytest.raises(ServerResponseError, match="check api_key") as caught:
             LlamaCPP(server_urls=[server.url], api_key="wrong", formatter="llama2")
         assert "wrong" not in str(caught.value)
+
+
+@pytest.mark.e2e
+def test_a_request_does_not_wait_behind_another_servers_generation(
+    start_server: ServerFactory, gemma_model_path: Path
+) -> None:
+    """llama-cpp-python's server tokenizes under its generation lock: ask the idle one."""
+    servers = [start_server(gemma_model_path, n_ctx=512) for _ in range(2)]
+    llm = LlamaCPP(server_urls=[s.url for s in servers], formatter="gemma", temperature=0.0)
+    started = threading.Event()
+
+    def long_answer() -> None:
+        for _chunk in llm.complete("1, 2, 3,", formatted=True, stream=True, max_new_tokens=150):
+            started.set()
+
+    worker = threading.Thread(target=long_answer)
+    worker.start()
+    assert started.wait(120)
+    assert llm.complete("Hello", max_new_tokens=2).text is not None
+    still_running = worker.is_alive()
+    worker.join(300)
+    assert still_running  # answered while the other server was still generating

@@ -227,10 +227,16 @@ class ServerModel:
         return []
 
     def _tokenizers(self) -> Iterator[tuple[int, ServerDescription]]:
-        """Servers that can tokenize: those up first, then the rest (one may have recovered)."""
+        """Servers that can tokenize: up ones least loaded first, then the down ones.
+
+        Least loaded first because llama-cpp-python's server tokenizes under the same lock
+        as it generates: asking a busy one would queue the request behind its generation.
+        """
         usable = [(i, s) for i, s in enumerate(self._servers) if s.can_tokenize]
         down = self._pool.problems()
-        yield from ((i, s) for i, s in usable if i not in down)
+        up = [(i, s) for i, s in usable if i not in down]
+        up.sort(key=lambda item: self._pool.in_flight(item[0]) / item[1].slots)
+        yield from up
         yield from ((i, s) for i, s in usable if i in down)
 
     def _post_json(self, server: ServerDescription, path: str, body: dict[str, Any]) -> Any:

@@ -34,6 +34,7 @@ __all__ = [
     "ModelFileError",
     "ModelLoadError",
     "NotGGUFError",
+    "QueueFullError",
     "SchemaError",
     "SerapeumError",
     "UnsafeModelError",
@@ -75,6 +76,14 @@ class GenerationCancelled(SerapeumError):
 
 class DecodeError(SerapeumError, RuntimeError):
     """llama.cpp could not evaluate a batch."""
+
+
+class QueueFullError(SerapeumError, RuntimeError):
+    """Every slot of a batched model is busy and its queue of waiting requests is full."""
+
+    def __init__(self, message: str, *, queued: int) -> None:
+        super().__init__(message)
+        self.queued = queued
 
 
 class ChatTemplateError(SerapeumError, ValueError):

@@ -85,7 +85,11 @@ def _worker_for(model: LoadedModel) -> Worker | None:
         return worker
 
 
-_SAMPLING_FIELDS = ("temperature", "max_tokens", "stop", "cancel")
+_SAMPLING_FIELDS = ("temperature", "max_tokens", "stop", "cancel", "session")
+
+# Sessions a batched model keeps by default (n_parallel > 1): they cost nothing until used.
+DEFAULT_SESSIONS_PER_SLOT = 4
+MAX_SESSION_NAME_CHARS = 256
 
 
 def _check_temperature(value: Any, name: str = "temperature") -> float:
@@ -107,6 +111,38 @@ def _check_positive_int(value: Any, name: str) -> int:
         if number > 0:
             return number
     raise ConfigurationError(f"{name} must be a positive integer, got {shown(value)}")
+
+
+def _check_optional_positive_int(_instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None:
+        _check_positive_int(value, attribute.name)
+
+
+def _check_count(_instance: Any, attribute: Any, value: Any) -> None:
+    """None or an integer >= 0 (numpy's too, not a bool)."""
+    if value is None:
+        return
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if integral and operator.index(value) >= 0:
+        return
+    raise ConfigurationError(
+        f"{attribute.name} must be None or an integer >= 0, got {shown(value)}"
+    )
+
+
+def _check_session(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ArgumentTypeError(
+            f"session must be a str naming the conversation (e.g. 'user-42'), got "
+            f"{type(value).__name__}"
+        )
+    if not value or len(value) > MAX_SESSION_NAME_CHARS:
+        raise ConfigurationError(
+            f"session must be a non-empty name of at most {MAX_SESSION_NAME_CHARS} "
+            f"characters, got {shown(value)}"
+        )
 
 
 def _validate(check: Callable[..., Any]) -> Callable[[Any, Any, Any], None]:
@@ -336,6 +372,11 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     api_key: str | None = field(default=None, repr=False, validator=_check_api_key)
     backend: str | None = field(default=None, validator=_check_backend)
     checked_load: bool = field(default=True, validator=_check_flag)
+    n_parallel: int = field(default=1, validator=_validate(_check_positive_int))
+    max_sessions: int | None = field(default=None, validator=_check_count)
+    kv_cache_tokens: int | None = field(default=None, validator=_check_optional_positive_int)
+    max_queue: int | None = field(default=None, validator=_check_count)
+    saved_sessions_bytes: int | None = field(default=None, validator=_check_count)
     plugins: PluginHost | None = field(default=None, repr=False)
 
     _writer: PromptWriter = field(init=False, repr=False)
@@ -363,6 +404,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 "n_gpu_layers": self.n_gpu_layers,
                 "verbose": self.verbose,
                 **self.model_kwargs,
+                **self._batching_options(),
             }
             checked = require_gguf(path)  # whatever the source: structure first, then the checksum
             if self.model_sha256 is not None:
@@ -422,6 +464,19 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 "model file; remove it, or say backend='server'"
             )
         if not backend.needs_model_file:
+            batching = {
+                "n_parallel": self.n_parallel != 1,
+                "max_sessions": self.max_sessions is not None,
+                "kv_cache_tokens": self.kv_cache_tokens is not None,
+                "max_queue": self.max_queue is not None,
+                "saved_sessions_bytes": self.saved_sessions_bytes is not None,
+            }
+            given_batching = [name for name, given in batching.items() if given]
+            if given_batching:
+                raise ConfigurationError(
+                    f"the {backend.name!r} backend's servers schedule requests themselves "
+                    f"(llama-server -np N for slots); remove {', '.join(given_batching)}"
+                )
             file_settings = {
                 "model_path": self.model_path,
                 "model_url": self.model_url,
@@ -439,6 +494,23 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if backend.check_load_options is not None:
             self.model_kwargs = dict(backend.check_load_options(self.model_kwargs))
         return backend
+
+    def _batching_options(self) -> dict[str, Any]:
+        """Load options for slots and sessions; none for a single-sequence model (so its
+        cache key, and the model it shares with other instances, stay as they were)."""
+        sessions = self.max_sessions
+        if sessions is None:
+            sessions = DEFAULT_SESSIONS_PER_SLOT * self.n_parallel if self.n_parallel > 1 else 0
+        if self.n_parallel == 1 and not sessions:
+            return {}
+        options: dict[str, Any] = {"n_parallel": self.n_parallel, "max_sessions": sessions}
+        if self.kv_cache_tokens is not None:
+            options["kv_cache_tokens"] = self.kv_cache_tokens
+        if self.max_queue is not None:
+            options["max_queue"] = self.max_queue
+        if self.saved_sessions_bytes is not None:
+            options["saved_sessions_bytes"] = self.saved_sessions_bytes
+        return options
 
     def _model_file(self, host: PluginHost) -> Path:
         """The local GGUF file, resolved through the source plugins (downloaded if need be)."""
@@ -537,6 +609,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             _stop_list(values["stop"])
         if "cancel" in values:
             _check_cancel(values["cancel"])
+        if "session" in values:
+            _check_session(values["session"])
 
     def _build_request(
         self, prompt: str, formatted: bool, kwargs: Mapping[str, Any]
@@ -578,6 +652,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             options=options,
             cancel=cancel,
             prompt_text=text,
+            session=settings.get("session"),
         )
         self._model.check_options(request)
         return request

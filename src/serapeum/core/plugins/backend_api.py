@@ -41,6 +41,9 @@ class GenerationRequest:
     keeps earlier turns evaluated may use it to keep their token ids (a re-tokenised
     answer can differ from the tokens the model generated) and then evaluates only the
     text that is new; a backend that sends text over the wire sends it.
+    ``session`` names the conversation the request continues: a backend with
+    ``capabilities.sessions`` keeps each session's evaluated tokens apart from the
+    others'; other backends may ignore it.
     """
 
     prompt_tokens: tuple[int, ...] = field(converter=_ints)
@@ -50,6 +53,7 @@ class GenerationRequest:
     options: Mapping[str, Any] = field(factory=dict, converter=read_only, eq=False)
     cancel: CancelToken | None = field(default=None, eq=False)
     prompt_text: str | None = field(default=None, eq=False)
+    session: str | None = field(default=None, eq=False)
 
 
 @frozen
@@ -60,7 +64,8 @@ class BackendCapabilities:
     (GBNF text) constrain decoding. ``logprobs``: ``options["logprobs"]`` is honoured.
     ``concurrent``: the model serves several requests at once (a pool of servers), so the
     engine gives each async call its own thread instead of queueing them on one worker.
-    ``sessions``: reserved for named conversations that keep their KV (not yet used).
+    ``sessions``: ``GenerationRequest.session`` keeps each named conversation's evaluated
+    tokens (its KV cache) across turns and across other conversations' turns.
     """
 
     json_schema: bool = False

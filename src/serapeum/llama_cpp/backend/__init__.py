@@ -4,7 +4,8 @@ Everything between a ``GenerationRequest`` and llama.cpp lives in this package: 
 model (``model``), loading (``loading``), the generation loop (``generation``), sampling
 (``sampling``), JSON constraints (``structured``), KV reuse across turns
 (``evaluated_tokens``), stop scanning (``text_stream``), the per-model lock
-(``model_lock``) and the native helpers (``native_log``, ``llama_loader``,
+(``model_lock``), continuous batching (``batching``, ``scheduler``, ``slot``,
+``sequences``) and the native helpers (``native_log``, ``llama_loader``,
 ``prompt_abort``, ``vocabulary``). The engine reaches it only through ``BackendSpec``
 and the ``LoadedModel`` protocol. Registered through the ``serapeum`` entry-point
 group like any other plugin.
@@ -13,6 +14,7 @@ group like any other plugin.
 from __future__ import annotations
 
 from serapeum.core.plugins import BackendSpec, hookimpl
+from serapeum.llama_cpp.backend.batching import load
 from serapeum.llama_cpp.backend.loading import load_model
 from serapeum.llama_cpp.backend.model import LlamaCppModel
 from serapeum.llama_cpp.load_options import check_load_options
@@ -23,7 +25,7 @@ BACKEND_NAME = "llama-cpp"
 
 LLAMA_CPP_BACKEND = BackendSpec(
     name=BACKEND_NAME,
-    load=load_model,
+    load=load,
     description="llama-cpp-python in this process",
     check_load_options=check_load_options,
 )

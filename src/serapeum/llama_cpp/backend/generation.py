@@ -1,10 +1,11 @@
 """The built-in backend's own generation loop over llama.cpp's low-level API.
 
-Per generated token the Python work is fixed: one ``llama_decode`` and one native
-sampler call, a dictionary lookup for the token's bytes, an incremental UTF-8 decode and
-a stop-sequence check over a bounded tail. Nothing re-reads the completion so far, so a
-token costs the same at position 1,000 as at position 1 (llama-cpp-python's
-``create_completion`` re-detokenises and rescans the whole completion every token).
+Per generated token the Python work is fixed: one ``llama_decode`` and one pick (numpy's
+argmax for greedy, ``FastSampler`` for top-k sampling, else llama.cpp's sampler chain), a
+dictionary lookup for the token's bytes, an incremental UTF-8 decode and a stop-sequence
+check over a bounded tail. Nothing re-reads the completion so far, so a token costs the
+same at position 1,000 as at position 1 (llama-cpp-python's ``create_completion``
+re-detokenises and rescans the whole completion every token).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.types import FinishReason, Timing, Usage
 from serapeum.core.plugins import GenerationRequest
 from serapeum.llama_cpp.backend.evaluated_tokens import PromptPlan
+from serapeum.llama_cpp.backend.fast_sampler import FastSampler, fast_path_applies
 from serapeum.llama_cpp.backend.sampling import (
     SamplerSettings,
     build_sampler,
@@ -72,6 +74,12 @@ class LoopModel(Protocol):
 
 # Below this vocabulary size llama.cpp's greedy sampler is as fast as numpy's argmax.
 ARGMAX_MIN_VOCAB = 8192
+# Below this one its sampler chain is as fast as the fast sampler, whose numpy calls cost
+# about 25 µs whatever the size (warm caches, as when decoding runs on a GPU: 16k tokens
+# 19 vs 31 µs, 32k 33 vs 28, 128k 112 vs 39). Right after a CPU decode every numpy call
+# starts cold and that fixed cost is nearer 200 µs (Gemma's 262k: 260 vs 370), but there
+# the decode takes tens of ms and either choice is noise.
+FAST_SAMPLER_MIN_VOCAB = 32768
 
 
 def _decode_error(status: int, n_ctx: int) -> DecodeError:
@@ -125,7 +133,14 @@ class Generation:
         self._matcher: Any = None
         self._mask: Any = None
         self._argmax = self.settings.plain_greedy and model.n_vocab >= ARGMAX_MIN_VOCAB
+        self._fast = (
+            not self._argmax
+            and model.n_vocab >= FAST_SAMPLER_MIN_VOCAB
+            and fast_path_applies(self.settings, model.n_vocab)
+        )
         self._last_logits: Any = None
+        self._fast_sampler: FastSampler | None = None
+        self._sampler: Any = None
         self.id = f"cmpl-{uuid.uuid4()}"
         self.created = int(time.time())
 
@@ -165,26 +180,11 @@ class Generation:
         try:
             model.evaluate_prompt(plan, request)
         except GenerationCancelled:
-            # Cancelled before the first token: an empty answer that says so.
-            now = time.perf_counter()
-            self.finish_reason = FinishReason.CANCELLED
-            self.usage = Usage(prompt_tokens=len(plan.tokens), completion_tokens=0)
-            self.timing = Timing(
-                time_to_first_token=now - self._started,
-                prompt_seconds=now - prompt_started,
-                generation_seconds=0.0,
-                tokens_per_second=0.0,
-            )
+            self.cancelled_before_first_token(plan, prompt_started)
             return
         prompt_done = time.perf_counter()
 
-        sampler = build_sampler(
-            settings,
-            vocab=vocab,
-            n_vocab=model.n_vocab,
-            seed=model.next_seed(settings.seed),
-            last_n=llama.last_n_tokens_size,
-        )
+        sampler, fast, inspect = self.prepare_sampling(llama.last_n_tokens_size)
         decode, sample, is_eog = lib.llama_decode, lib.llama_sampler_sample, lib.llama_vocab_is_eog
         token_cell = (lib.llama_token * 1)()
         one_token = lib.llama_batch_get_one(token_cell, 1)
@@ -194,26 +194,12 @@ class Generation:
         stops = StopScanner(request.stop)
         scanning = stops.active
         cancel = request.cancel
-        if settings.json_schema is not None:
-            self._matcher = model.constraints.matcher(settings.json_schema)
-        elif settings.grammar is not None:
-            self._matcher = model.constraints.matcher(grammar=settings.grammar)
-        inspect = (
-            settings.logprobs is not None
-            or settings.logits_processor is not None
-            or settings.stopping_criteria is not None
-            or self._matcher is not None
-        )
-        if inspect:
-            self.logprobs = (
-                {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
-                if settings.logprobs is not None
-                else None
-            )
 
         # Greedy over a large vocabulary: numpy's argmax of the logits (tens of µs) instead
         # of llama.cpp's sampler, which first copies all of them into candidates (hundreds).
-        argmax_of = model.last_logits if self._argmax else None
+        logits_of = model.last_logits
+        argmax = self._argmax
+        choose = fast.choose if fast is not None else None
         generated: list[int] = []
         raw_parts: list[str] = []
         shown: list[str] | None = [] if settings.json_schema is not None else None
@@ -235,9 +221,13 @@ class Generation:
                         raise _decode_error(status, n_ctx)
                     evaluated += 1
                 if inspect:
-                    token = self._sample_inspected(sampler, generated, plan, raw_chars)
-                elif argmax_of is not None:
-                    token = int(argmax_of().argmax())
+                    token = self._sample_inspected(
+                        sampler, generated, plan, raw_chars, logits_of(), -1
+                    )
+                elif argmax:
+                    token = int(logits_of().argmax())
+                elif choose is not None:
+                    token = choose(logits_of())
                 else:
                     token = sample(sampler, ctx, -1)
                 if not index:
@@ -289,28 +279,102 @@ class Generation:
                         shown.append(tail)
                     yield tail
         finally:
-            lib.llama_sampler_free(sampler)
+            self.release_sampling()
             model.record_generation(
                 generated[:evaluated],
                 "".join(raw_parts),
                 [mark for mark in marks if mark[1] <= evaluated],
             )
-        n_generated = len(generated)
+        self.conclude(
+            finish,
+            plan=plan,
+            n_generated=len(generated),
+            raw_text="".join(raw_parts),
+            shown_text=None if shown is None else "".join(shown),
+            stopped_by_sequence=stopped_by_sequence,
+            times=(prompt_started, prompt_done, first_token_at, last_token_at),
+        )
+
+    def prepare_sampling(self, last_n: int) -> tuple[Any, FastSampler | None, bool]:
+        """The native chain or fast sampler, the constraint matcher, and whether each pick
+        needs the slow path (logprobs, processors, criteria, constraints); once, after the
+        prompt is evaluated. Free the chain or sampler with ``release_sampling``."""
+        model, settings = self._model, self.settings
+        seed = model.next_seed(settings.seed)
+        # Top-k sampling (and greedy with bias or penalties) over a large vocabulary: the
+        # fast sampler (tens of µs) instead of llama.cpp's chain, which first copies every
+        # logit into candidates (hundreds); same samplers, same distribution, same seed.
+        fast: FastSampler | None = None
+        sampler: Any = None
+        if self._fast:
+            fast = FastSampler(settings, n_vocab=model.n_vocab, seed=seed, last_n=last_n)
+        else:
+            sampler = build_sampler(
+                settings, vocab=model.vocab, n_vocab=model.n_vocab, seed=seed, last_n=last_n
+            )
+        self._fast_sampler = fast
+        self._sampler = sampler
+        if settings.json_schema is not None:
+            self._matcher = model.constraints.matcher(settings.json_schema)
+        elif settings.grammar is not None:
+            self._matcher = model.constraints.matcher(grammar=settings.grammar)
+        inspect = (
+            settings.logprobs is not None
+            or settings.logits_processor is not None
+            or settings.stopping_criteria is not None
+            or self._matcher is not None
+        )
+        if inspect:
+            self.logprobs = (
+                {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+                if settings.logprobs is not None
+                else None
+            )
+        return sampler, fast, inspect
+
+    def release_sampling(self) -> None:
+        """Free the native sampler chain or the fast sampler (idempotent)."""
+        import llama_cpp as lib
+
+        if self._fast_sampler is not None:
+            self._fast_sampler.close()
+            self._fast_sampler = None
+        if self._sampler is not None:
+            lib.llama_sampler_free(self._sampler)
+            self._sampler = None
+
+    def conclude(
+        self,
+        finish: FinishReason,
+        *,
+        plan: PromptPlan,
+        n_generated: int,
+        raw_text: str,
+        shown_text: str | None,
+        stopped_by_sequence: bool,
+        times: tuple[float, float, float, float],
+    ) -> None:
+        """Check a constrained answer, then set ``finish_reason``, ``usage`` and ``timing``.
+
+        ``times``: when the prompt started and finished evaluating, the first and the last
+        token (``time.perf_counter()``).
+        """
+        prompt_started, prompt_done, first_token_at, last_token_at = times
         matcher = self._matcher
         if (
             finish is FinishReason.LENGTH
-            and shown is not None
+            and shown_text is not None
             and matcher is not None
             and not matcher.is_accepting()
         ):
             raise IncompleteJSONError(
                 f"generation stopped after {n_generated} tokens (max_new_tokens="
-                f"{request.max_tokens}, or the context window) before the JSON value was "
+                f"{self._request.max_tokens}, or the context window) before the JSON value was "
                 "complete; raise max_new_tokens",
-                text="".join(raw_parts),
+                text=raw_text,
             )
-        if shown is not None and finish is not FinishReason.CANCELLED:
-            _require_json("".join(shown), stopped_by_sequence)
+        if shown_text is not None and finish is not FinishReason.CANCELLED:
+            _require_json(shown_text, stopped_by_sequence)
         self.finish_reason = finish
         self.usage = Usage(
             prompt_tokens=len(plan.tokens),
@@ -327,17 +391,40 @@ class Generation:
             else 0.0,
         )
 
+    def cancelled_before_first_token(
+        self, plan: PromptPlan, prompt_started: float, cached: int = 0
+    ) -> None:
+        """Cancelled before the first token: an empty answer that says so."""
+        now = time.perf_counter()
+        self.finish_reason = FinishReason.CANCELLED
+        self.usage = Usage(
+            prompt_tokens=len(plan.tokens), completion_tokens=0, cached_prompt_tokens=cached
+        )
+        self.timing = Timing(
+            time_to_first_token=now - self._started,
+            prompt_seconds=now - prompt_started,
+            generation_seconds=0.0,
+            tokens_per_second=0.0,
+        )
+
     # -- the slow path: logprobs, logits processors, stopping criteria ---------------
     def _sample_inspected(
-        self, sampler: Any, generated: list[int], plan: PromptPlan, text_offset: int
+        self,
+        sampler: Any,
+        generated: list[int],
+        plan: PromptPlan,
+        text_offset: int,
+        logits: Any,
+        output: int,
     ) -> int:
+        """Pick from ``logits`` (the row of batch output ``output``; -1: the last) with the
+        processors, constraints and logprobs the request asks for."""
         import numpy as np
 
         import llama_cpp as lib
 
         model, settings = self._model, self.settings
         ctx = model.llama.ctx
-        logits = model.last_logits()
         if settings.logits_processor is not None:
             input_ids = np.array(plan.tokens + generated, dtype=np.intc)
             scores = settings.logits_processor(input_ids, logits)
@@ -351,10 +438,14 @@ class Generation:
                     f"numbers; it returned {type(scores).__name__} ({exc})"
                 ) from exc
 
+        fast = self._fast_sampler
+
         def pick() -> int:
             if self._argmax:
                 return int(logits.argmax())
-            return int(lib.llama_sampler_sample(sampler, ctx, -1))
+            if fast is not None:
+                return fast.sample(logits)  # accepted below, once the pick is final
+            return int(lib.llama_sampler_sample(sampler, ctx, output))
 
         token = pick()
         matcher = self._matcher
@@ -369,6 +460,8 @@ class Generation:
                 # Nothing the vocabulary can write continues the text, or llguidance gave up
                 # (e.g. its parser limits): the constraint cannot be followed any further.
                 raise self._cannot_continue(matcher, len(generated))
+        if fast is not None:
+            fast.accept(token)
         if self.logprobs is not None:
             shifted = logits.astype(np.float64) - float(logits.max())
             log_probs = shifted - np.log(np.exp(shifted).sum())

@@ -11,7 +11,9 @@ llama-cpp-python sees and kept aside, so it never compiles or renders them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -75,9 +77,44 @@ def tokenize(vocab: Any, text: bytes, *, add_bos: bool, special: bool) -> list[i
     raise RuntimeError(f"llama_tokenize failed on a text of {len(text)} bytes")
 
 
-def new_llama(path: Path, options: Mapping[str, Any]) -> Any:
-    """``llama_cpp.Llama(model_path=path, **options)`` that leaves the chat templates alone."""
-    return _llama_class()(model_path=str(path), **options)
+def new_llama(path: Path, options: Mapping[str, Any], *, sequences: int = 1) -> Any:
+    """``llama_cpp.Llama(model_path=path, **options)`` that leaves the chat templates alone.
+
+    ``sequences`` > 1 makes a context for that many sequences sharing one (unified) KV
+    cache, for batched generation.
+    """
+    if sequences == 1:
+        return _llama_class()(model_path=str(path), **options)
+    with _context_defaults(n_seq_max=sequences, kv_unified=True):
+        return _llama_class()(model_path=str(path), **options)
+
+
+_defaults_lock = threading.Lock()
+
+
+@contextmanager
+def _context_defaults(**fields: Any) -> Iterator[None]:
+    """Make ``llama_context_default_params`` return ``fields`` set, while ``Llama`` is built.
+
+    ``Llama`` takes no ``n_seq_max`` nor ``kv_unified``: it starts from llama.cpp's defaults,
+    which this changes for the one construction (serialised: the module is shared).
+    """
+    import llama_cpp.llama_cpp as native
+
+    original = native.llama_context_default_params
+
+    def defaults() -> Any:
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    with _defaults_lock:
+        native.llama_context_default_params = defaults
+        try:
+            yield
+        finally:
+            native.llama_context_default_params = original
 
 
 def chat_templates_of(llama: Any) -> dict[str, str]:

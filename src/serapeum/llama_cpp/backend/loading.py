@@ -18,6 +18,21 @@ from serapeum.llama_cpp.errors import ModelLoadError
 
 logger = logging.getLogger("serapeum.llama_cpp")
 
+# The number of sequences the context holds (``batching.py`` sets it for batched models).
+SEQUENCES_OPTION = "serapeum_sequences"
+
+# Set to 0 (or false/no/off) to skip the structured-output warm-up at load: it costs ~2 s of
+# one core, taken in steps while the process is otherwise idle, and ~110 MiB for
+# llguidance's view of Gemma 3's vocabulary, worth it only where json_schema=/grammar= will
+# be used (the first such request then builds it, ~2 s, as before).
+STRUCTURED_WARMUP_ENV = "SERAPEUM_STRUCTURED_WARMUP"
+
+
+def structured_warmup_enabled() -> bool:
+    """Whether ``STRUCTURED_WARMUP_ENV`` leaves the warm-up on (the default)."""
+    value = os.environ.get(STRUCTURED_WARMUP_ENV, "").strip().lower()
+    return value not in {"0", "false", "no", "off"}
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, not the whole machine's count)."""
@@ -59,6 +74,7 @@ def load_model(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
     if path is None:
         raise ConfigurationError("the llama-cpp backend needs a model file; give model_path")
     options = dict(options)
+    sequences = int(options.pop(SEQUENCES_OPTION, 1))
     lora_path = options.pop("lora_path", None)
     lora_scale = float(options.pop("lora_scale", 1.0))
     n_ctx = options.get("n_ctx")
@@ -78,7 +94,7 @@ def load_model(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
     options.setdefault("n_threads_batch", usable_cpus())
     native_log.install()
     try:
-        llama = new_llama(path, options)
+        llama = new_llama(path, options, sequences=sequences)
     except MemoryError as exc:
         raise ModelLoadError(
             f"not enough memory to load {str(path)!r} with these options (n_ctx, n_batch); "
@@ -96,4 +112,7 @@ def load_model(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
         except BaseException:
             llama.close()
             raise
-    return LlamaCppModel(llama, path)
+    model = LlamaCppModel(llama, path)
+    if structured_warmup_enabled():
+        model.start_structured_warmup()
+    return model

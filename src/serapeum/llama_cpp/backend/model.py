@@ -27,6 +27,8 @@ from serapeum.llama_cpp.backend.generation import DecodeError, Generation
 from serapeum.llama_cpp.backend.model_lock import ModelLock
 from serapeum.llama_cpp.backend.prompt_abort import PromptAbort
 from serapeum.llama_cpp.backend.sampling import check_against_vocabulary, sampler_settings
+from serapeum.llama_cpp.backend.scheduler import BatchScheduler, BatchSettings, Ticket
+from serapeum.llama_cpp.backend.slot import SlotGeneration
 from serapeum.llama_cpp.backend.structured import JsonConstraints
 from serapeum.llama_cpp.backend.vocabulary import (
     model_info,
@@ -73,6 +75,8 @@ class LlamaCppModel:
         self.evaluated = EvaluatedTokens()
         self.constraints = JsonConstraints(self._vocab, self._n_vocab)
         self.lock = ModelLock(str(path))
+        self._batching: BatchSettings | None = None
+        self._scheduler: BatchScheduler | None = None
 
     @property
     def llama(self) -> Any:
@@ -81,7 +85,23 @@ class LlamaCppModel:
 
     @property
     def n_ctx(self) -> int:
+        """One sequence's context (a batched model's context holds several)."""
+        if self._batching is not None:
+            return self._batching.n_ctx_seq
         return int(self._llama.n_ctx())
+
+    def start_batching(self, settings: BatchSettings) -> None:
+        """Serve requests through a batch scheduler (``n_parallel`` slots, sessions)."""
+        self._batching = settings
+        self._scheduler = BatchScheduler(self, settings)
+
+    @property
+    def batching(self) -> BatchSettings | None:
+        return self._batching
+
+    @property
+    def scheduler(self) -> BatchScheduler | None:
+        return self._scheduler
 
     @property
     def info(self) -> ModelInfo:
@@ -182,10 +202,24 @@ class LlamaCppModel:
             return seed
         return self._seeds.randint(0, 2**32 - 1)
 
-    capabilities = BackendCapabilities(json_schema=True, grammar=True, logprobs=True)
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        if self._batching is not None:
+            return _BATCHED
+        return _SINGLE
+
+    def start_structured_warmup(self) -> None:
+        """Build llguidance's tokenizer bridge in the background, in turns while the model is idle.
+
+        So the first ``json_schema=`` request finds it ready (``structured.py`` says how).
+        """
+        self.constraints.start_warmup(self.lock, keep_alive=self._llama)
 
     def close(self) -> None:
         """Free llama.cpp's model and context (``Llama.close``); later calls fail."""
+        self.constraints.close()  # the warm-up reads the vocabulary: stop it first
+        if self._scheduler is not None:
+            self._scheduler.close()
         self._llama.close()
 
     def check_options(self, request: GenerationRequest) -> None:
@@ -194,6 +228,11 @@ class LlamaCppModel:
         A JSON Schema is compiled here (once per schema and model), so an invalid or
         unsatisfiable one fails now and the first constrained request pays no set-up.
         """
+        if request.session is not None and self._batching is None:
+            raise ConfigurationError(
+                "session= needs a model loaded for sessions: give LlamaCPP max_sessions "
+                "(e.g. max_sessions=8) or n_parallel > 1"
+            )
         settings = sampler_settings(request.temperature, request.options)
         check_against_vocabulary(settings, self.n_vocab, self.constraints)
 
@@ -286,6 +325,8 @@ class LlamaCppModel:
 
     # -- requests ----------------------------------------------------------------------
     def complete(self, request: GenerationRequest) -> BackendResult:
+        if self._scheduler is not None:
+            return self._complete_batched(request, self._scheduler)
         started = time.perf_counter()
         generation = Generation(self, request, started)
         try:
@@ -305,6 +346,9 @@ class LlamaCppModel:
         )
 
     def stream(self, request: GenerationRequest) -> ChunkStream:
+        if self._scheduler is not None:
+            yield from self._stream_batched(request, self._scheduler)
+            return
         started = time.perf_counter()
         generation = Generation(self, request, started)
         try:
@@ -327,3 +371,49 @@ class LlamaCppModel:
             timing=generation.timing,
             finish_reason=generation.finish_reason,
         )
+
+    def _complete_batched(
+        self, request: GenerationRequest, scheduler: BatchScheduler
+    ) -> BackendResult:
+        generation = SlotGeneration(self, request, time.perf_counter())
+        ticket = Ticket(request, generation)
+        scheduler.submit(ticket)
+        try:
+            text = "".join(ticket.texts())
+        except BaseException:
+            ticket.abandon()  # e.g. KeyboardInterrupt in this thread: free the slot
+            raise
+        return BackendResult(
+            text=text,
+            raw=generation.raw_chunk(text, final=True),
+            usage=generation.usage,
+            timing=generation.timing,
+            finish_reason=generation.finish_reason,
+        )
+
+    def _stream_batched(self, request: GenerationRequest, scheduler: BatchScheduler) -> ChunkStream:
+        generation = SlotGeneration(self, request, time.perf_counter())
+        ticket = Ticket(request, generation)
+        scheduler.submit(ticket)
+        finished = False
+        try:
+            for delta in ticket.texts():
+                yield BackendChunk(delta=delta, raw=generation.raw_chunk(delta))
+            finished = True
+        finally:
+            if not finished:
+                ticket.abandon()  # closed, broken out of, or failed: the slot is freed
+                scheduler.wake()
+        yield BackendChunk(
+            delta="",
+            raw=generation.raw_chunk("", final=True),
+            usage=generation.usage,
+            timing=generation.timing,
+            finish_reason=generation.finish_reason,
+        )
+
+
+_SINGLE = BackendCapabilities(json_schema=True, grammar=True, logprobs=True)
+_BATCHED = BackendCapabilities(
+    json_schema=True, grammar=True, logprobs=True, concurrent=True, sessions=True
+)

@@ -1,8 +1,9 @@
 """Sampler settings for the built-in backend, built as one native llama.cpp sampler chain.
 
-Everything runs in llama.cpp (logit bias included), so sampling costs no Python per
-token. The defaults are llama-cpp-python's ``create_completion`` defaults, so the same
-settings pick the same tokens as the raw call.
+The chain is create_completion's (logit bias included), and its defaults are
+``create_completion``'s, so the same settings and seed pick the same tokens as the raw
+call. Over a large vocabulary the loop runs ``fast_sampler.FastSampler`` instead where it
+applies: the same truncation samplers (``add_truncation``), given only the top-k logits.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from serapeum.llama_cpp.backend.structured import (
 __all__ = [
     "SUPPORTED_OPTIONS",
     "SamplerSettings",
+    "add_truncation",
     "build_sampler",
     "check_against_vocabulary",
     "sampler_settings",
@@ -413,7 +415,11 @@ def check_against_vocabulary(
 def build_sampler(
     settings: SamplerSettings, *, vocab: Any, n_vocab: int, seed: int, last_n: int
 ) -> Any:
-    """A native sampler chain (free it with ``llama_sampler_free``), as create_completion builds it."""
+    """A native sampler chain (free it with ``llama_sampler_free``), as create_completion builds it.
+
+    The order is create_completion's: logit bias, penalties, then greedy, mirostat or
+    top-k, typical, top-p, min-p, temperature and the seeded draw.
+    """
     import llama_cpp as lib
 
     chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
@@ -447,10 +453,24 @@ def build_sampler(
     elif settings.mirostat_mode == 2:
         add(lib.llama_sampler_init_mirostat_v2(seed, settings.mirostat_tau, settings.mirostat_eta))
     else:
-        add(lib.llama_sampler_init_top_k(settings.top_k))
-        add(lib.llama_sampler_init_typical(settings.typical_p, 1))
-        add(lib.llama_sampler_init_top_p(settings.top_p, 1))
-        add(lib.llama_sampler_init_min_p(settings.min_p, 1))
-        add(lib.llama_sampler_init_temp(temperature))
-        add(lib.llama_sampler_init_dist(ctypes.c_uint32(seed).value))
+        add_truncation(chain, settings, seed)
     return chain
+
+
+def add_truncation(chain: Any, settings: SamplerSettings, seed: int) -> None:
+    """Add top-k, typical, top-p, min-p, temperature and the seeded draw to ``chain``.
+
+    One function for the full chain and for the fast sampler's chain over the top-k
+    candidates, so both apply the same samplers in the same order with the same seed.
+    """
+    import llama_cpp as lib
+
+    for sampler in (
+        lib.llama_sampler_init_top_k(settings.top_k),
+        lib.llama_sampler_init_typical(settings.typical_p, 1),
+        lib.llama_sampler_init_top_p(settings.top_p, 1),
+        lib.llama_sampler_init_min_p(settings.min_p, 1),
+        lib.llama_sampler_init_temp(settings.temperature),
+        lib.llama_sampler_init_dist(ctypes.c_uint32(seed).value),
+    ):
+        lib.llama_sampler_chain_add(chain, sampler)

@@ -8,18 +8,25 @@ rejects it is llguidance's token mask computed (in native code, a few hundred
 microseconds), applied to the logits, and the token sampled again. For sampling that is
 exactly the constrained distribution (rejection sampling); for greedy decoding it is the
 best allowed token. The tokenizer bridge costs about two seconds on a large vocabulary:
-it is built once per loaded model and kept with it, and each schema is compiled once.
+it is built once per loaded model, in the background from the moment it is loaded (see
+``JsonConstraints.start_warmup``), and each schema is compiled once.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import threading
+import time
+import traceback
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from serapeum.core.errors import ConfigurationError
+from serapeum.core.cancellation import CancelToken
+from serapeum.core.errors import ConfigurationError, SerapeumError
 from serapeum.core.json_schema import (
     MAX_SCHEMA_BYTES,
     MAX_SCHEMA_DEPTH,
@@ -27,13 +34,18 @@ from serapeum.core.json_schema import (
     check_schema,
     schema_from_options,
 )
-from serapeum.llama_cpp.errors import IncompleteJSONError, SchemaError
+from serapeum.llama_cpp.errors import (
+    IncompleteJSONError,
+    ModelLoadError,
+    SchemaError,
+)
 
 __all__ = [
     "MAX_GRAMMAR_BYTES",
     "MAX_GRAMMAR_RULES",
     "MAX_SCHEMA_BYTES",
     "MAX_SCHEMA_DEPTH",
+    "WARMUP_THREAD_NAME",
     "IncompleteJSONError",
     "JsonConstraints",
     "SchemaError",
@@ -59,6 +71,17 @@ MAX_GRAMMAR_RULES = 1_000
 # whose stack holds the largest input accepted with room to spare. The stack is reserved
 # address space; only the pages a compile touches are ever used.
 _COMPILE_STACK_BYTES = 512 * 2**20
+# The warm-up runs in steps, each only while the rest of this process is idle (``_Pacer``):
+# reading this many tokens' pieces is a step (~10 ms on Gemma 3's 262,144), and so is each
+# of llguidance's two native builds (~0.5 s each there, holding the GIL throughout).
+_PIECES_PER_STEP = 4_096
+# Idle: the process's other threads used under this share of one CPU over the last window.
+_BUSY_SHARE = 0.1
+_PIECES_WINDOW_SECONDS = 0.01  # a pieces step is judged by the step it follows
+_NATIVE_QUIET_SECONDS = 0.2  # idle this long, measured after the last step, before a native one
+_RESUME_QUIET_SECONDS = 0.2  # after a busy window: idle this long before the next step
+_QUEUE_POLL_SECONDS = 0.02  # a warm-up waiting for another model's checks for hurry / stop
+WARMUP_THREAD_NAME = "serapeum-structured-warmup"
 
 
 _Result = TypeVar("_Result")
@@ -126,8 +149,101 @@ def canonical(schema: Mapping[str, Any]) -> str:
     return json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
 
+class _WarmupStopped(Exception):
+    """The model is being closed, or the process is exiting: the warm-up gives up."""
+
+
+# Warm-ups not finished yet. A process that exits while one is in llguidance's native build
+# dies with SIGSEGV after Python has finished (6 of 6 runs on Gemma 3, exiting as the build
+# let go of the GIL), so at exit each is told to stop and waited for, for the step it is in
+# (exit takes up to one native step, ~0.5 s, longer then).
+_running_warmups: weakref.WeakSet[JsonConstraints] = weakref.WeakSet()
+_running_lock = threading.Lock()
+# Two warm-ups side by side would each find the other busy and pause in step.
+_one_warmup_at_a_time = threading.Lock()
+
+
+def _others_cpu_seconds() -> float:
+    """CPU time of this process's threads other than the calling one."""
+    return time.process_time() - time.thread_time()
+
+
+class _Pacer:
+    """Starts each warm-up step only while the rest of the process is idle.
+
+    Idle is measured, not told: over a window, the CPU time of all the process's threads
+    but the warm-up's (``process_time - thread_time``) must stay under ``_BUSY_SHARE`` of
+    the window. That covers whatever runs a request (a caller's thread, llama.cpp's
+    threads, a batch scheduler) without a lock or a hook in the model. A busy window
+    pauses the warm-up until one of ``_RESUME_QUIET_SECONDS`` is idle; ``hurry`` ends all
+    waiting, ``stopping`` raises ``_WarmupStopped`` at the next step.
+    """
+
+    def __init__(self, hurry: CancelToken, stopping: Callable[[], bool]) -> None:
+        self._hurry = hurry
+        self._stopping = stopping
+        self._mark = (time.monotonic(), _others_cpu_seconds())
+        self.phase = "starting"  # then "pieces", "native", "between", "paused"
+        self.pauses = 0  # busy windows seen
+        self.steps = 0  # steps started
+        self.native_spans: list[tuple[float, float]] = []  # perf_counter() start, end
+
+    def _restart_window(self) -> None:
+        self._mark = (time.monotonic(), _others_cpu_seconds())
+
+    def _wait_until_idle(self, window: float) -> None:
+        while True:
+            if self._stopping():
+                raise _WarmupStopped
+            if self._hurry.is_set():
+                return
+            since, others = self._mark
+            elapsed = time.monotonic() - since
+            if elapsed < window:
+                self._hurry.wait(window - elapsed)  # wakes at once when hurried or stopped
+                continue
+            if _others_cpu_seconds() - others <= _BUSY_SHARE * elapsed:
+                return
+            self.pauses += 1
+            self.phase = "paused"
+            self._restart_window()
+            window = max(window, _RESUME_QUIET_SECONDS)
+
+    @contextlib.contextmanager
+    def step(self, native: bool) -> Iterator[None]:
+        """Wait for an idle window, then run the step (``with``); a native one is timed."""
+        self._wait_until_idle(_NATIVE_QUIET_SECONDS if native else _PIECES_WINDOW_SECONDS)
+        # A pieces step lets go of the GIL at every call into llama.cpp, so a request that
+        # arrives during it shows in the window that starts here. One that arrives during a
+        # native step cannot run until it ends: the next window starts after it.
+        self._restart_window()
+        self.phase = "native" if native else "pieces"
+        self.steps += 1
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            if native:
+                self.native_spans.append((began, time.perf_counter()))
+                self._restart_window()
+            self.phase = "between"
+
+
+@atexit.register
+def _stop_warmups_at_exit() -> None:
+    with _running_lock:
+        running = list(_running_warmups)
+    for constraints in running:
+        constraints._stop_warmup()
+
+
 class JsonConstraints:
-    """One loaded model's tokenizer bridge and compiled schemas (built on first use)."""
+    """One loaded model's tokenizer bridge and compiled schemas.
+
+    The bridge is built once: by the warm-up (``start_warmup``) if one was started, else
+    by the first constrained request. A request that needs it while the warm-up runs makes
+    the warm-up hurry and waits for the rest of it; it never builds a second one.
+    """
 
     def __init__(self, vocab: Any, n_vocab: int) -> None:
         self._vocab = vocab
@@ -135,6 +251,15 @@ class JsonConstraints:
         self._tokenizer: Any = None
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        self._bridge_lock = threading.Lock()  # a foreground build, and the warm-up's start
+        self._warmup: threading.Thread | None = None
+        self._warmup_done = threading.Event()
+        self._warmup_failure: BaseException | None = None
+        # Set when a request waits for the bridge or the model closes: no more pauses.
+        self._hurry = CancelToken()
+        self._closed = False
+        self._stopping = False
+        self._pacer: _Pacer | None = None  # the warm-up's, once it runs (benchmarks read it)
 
     @staticmethod
     def _llguidance() -> Any:
@@ -152,10 +277,129 @@ class JsonConstraints:
         """Whether the per-model set-up (the tokenizer bridge) is done."""
         return self._tokenizer is not None
 
+    def start_warmup(self, _ignored: object = None, keep_alive: Any = None) -> None:
+        """Build the bridge now on a daemon thread, in steps taken while the process is idle.
+
+        Why in the background and not cached on disk: llguidance's ``LLTokenizer`` has no
+        serialised form (llguidance 1.9: no pickling, no bytes in or out), and its native
+        half (the token trie and the token slices: ~1.1 s of the ~1.8 s on Gemma 3's
+        262,144 tokens) runs at every load; only the Python half (reading the pieces,
+        ~0.6 s) could be cached, for a third of the cost and a cache format to trust.
+
+        Why it needs no lock on the model: it only reads the vocabulary (llama.cpp's
+        ``llama_token_to_piece``, ``llama_vocab_get_attr``, ``llama_vocab_is_eog``, and
+        ``llama_tokenize`` from llguidance: ``const`` methods of ``llama_vocab``, whose
+        caches are filled at load, no ``mutable`` state), which decoding never writes.
+        Why it still waits its turn: it competes with requests for the CPUs and the GIL (the
+        native half holds the GIL for ~0.5 s per build, a PyO3 call that never releases
+        it). So ``_Pacer`` lets each step start only once the process's other threads have
+        been idle for a moment, whatever they are (a request, a batch scheduler, another
+        model); a request that arrives during a step waits for that step only, and the
+        warm-up pauses until it is done. One warm-up runs at a time per process.
+
+        A constrained request that needs the bridge (``_bridge``) sets ``_hurry``: the rest
+        is built at once, as the request would have. ``keep_alive`` (the ``Llama``) is held
+        until the build ends, so the vocabulary is not freed under it; ``close`` stops the
+        warm-up first. A failure is kept, not logged, and raised (typed) to the first
+        constrained request. The first argument is ignored (it was the model's lock).
+        """
+        with self._bridge_lock:
+            if self._warmup is not None or self._tokenizer is not None or self._closed:
+                return
+
+            def run(keep: Any = keep_alive) -> None:  # held until the thread ends, no longer
+                self._warm_up()
+
+            thread = threading.Thread(target=run, name=WARMUP_THREAD_NAME, daemon=True)
+            self._warmup = thread
+            with _running_lock:
+                _running_warmups.add(self)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: the first constrained request builds
+                self._warmup = None
+                self._warmup_done.set()
+
+    def _warm_up(self) -> None:
+        queued = True
+        try:
+            while not _one_warmup_at_a_time.acquire(timeout=_QUEUE_POLL_SECONDS):
+                if self._stopping:
+                    raise _WarmupStopped
+                if self._hurry.is_set():  # a request waits: build now, beside the other
+                    queued = False
+                    break
+            try:
+                self._pacer = pacer = _Pacer(self._hurry, lambda: self._stopping)
+                tokenizer = _build_tokenizer(
+                    self._llguidance(), self._vocab, self._n_vocab, step=pacer.step
+                )
+            finally:
+                if queued:
+                    _one_warmup_at_a_time.release()
+        except _WarmupStopped:
+            pass
+        except BaseException as exc:  # for the first constrained request: never logged here
+            # Its frames' locals (the vocabulary's pieces) go; the stack lines stay.
+            traceback.clear_frames(exc.__traceback__)
+            self._warmup_failure = exc
+        else:
+            self._tokenizer = tokenizer
+        finally:
+            self._warmup_done.set()
+            with _running_lock:
+                _running_warmups.discard(self)
+
+    def close(self) -> None:
+        """Stop the warm-up (after the step it is in) and drop what points into the vocabulary.
+
+        Called before the model is freed: the warm-up reads the vocabulary, and the bridge
+        and compiled matchers keep pointers to it. Idempotent.
+        """
+        with self._bridge_lock:
+            self._closed = True
+        self._stop_warmup()
+        with self._lock:
+            self._compiled.clear()
+            self._tokenizer = None
+
+    def _stop_warmup(self) -> None:
+        """Make the warm-up stop at its next step and wait for the step it is in."""
+        self._stopping = True
+        self._hurry.set()
+        thread = self._warmup
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
     def _bridge(self) -> Any:
-        if self._tokenizer is None:
-            self._tokenizer = _build_tokenizer(self._llguidance(), self._vocab, self._n_vocab)
-        return self._tokenizer
+        """The tokenizer bridge: the warm-up's (waiting for the rest of it), else built here."""
+        tokenizer = self._tokenizer
+        if tokenizer is not None:
+            return tokenizer
+        if self._warmup is not None and not self._closed:
+            self._hurry.set()
+            self._warmup_done.wait()
+        with self._bridge_lock:
+            if self._closed:
+                raise ModelLoadError(
+                    "this model was closed (loaded_model.close()); load it again to "
+                    "constrain its output"
+                )
+            if self._tokenizer is None:
+                failure, self._warmup_failure = self._warmup_failure, None
+                if failure is None:  # no warm-up, or its failure was reported: build here
+                    try:
+                        self._tokenizer = _build_tokenizer(
+                            self._llguidance(), self._vocab, self._n_vocab
+                        )
+                    except Exception as exc:
+                        failure = exc
+                if failure is not None:
+                    error = _setup_failure(failure)
+                    if error is failure:
+                        raise failure
+                    raise error from failure
+            return self._tokenizer
 
     def matcher(self, schema: Mapping[str, Any] | None = None, grammar: str | None = None) -> Any:
         """A fresh matcher for a JSON schema or an llguidance grammar, compiled once and checked."""
@@ -253,12 +497,35 @@ def error_summary(error: str) -> str:
     return (lines[0] if lines else "no token is allowed here")[:300]
 
 
-def _build_tokenizer(llguidance: Any, vocab: Any, n_vocab: int) -> Any:
+def _setup_failure(failure: BaseException) -> BaseException:
+    """The error a constrained request gets for a bridge that could not be built (typed)."""
+    if isinstance(failure, SerapeumError) or not isinstance(failure, Exception):
+        return failure
+    return ModelLoadError(
+        "could not prepare this model's vocabulary for constrained output (llguidance's "
+        f"tokenizer bridge): {failure}"
+    )
+
+
+def _no_pacing(native: bool) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def _build_tokenizer(
+    llguidance: Any,
+    vocab: Any,
+    n_vocab: int,
+    step: Callable[[bool], contextlib.AbstractContextManager[Any]] = _no_pacing,
+) -> Any:
     """llguidance's view of a llama.cpp vocabulary (the expensive, once-per-model part).
 
     What ``llguidance.llamacpp.lltokenizer_from_vocab`` does, with llama.cpp's current
     ``llama_vocab_get_attr`` (the deprecated spelling it calls warns once per token) and
-    every end-of-generation token as EOS, so the grammar may end at any of them.
+    every end-of-generation token as EOS, so the grammar may end at any of them. The work
+    is cut into steps, each run inside ``step(native)``: ``_PIECES_PER_STEP`` pieces at a
+    time, then llguidance's native build in its two halves (the token trie with no slices,
+    then ``with_slices`` with the default ones: what ``from_llamacpp`` does in one call,
+    in two shorter holds of the GIL).
     """
     import ctypes
 
@@ -270,26 +537,32 @@ def _build_tokenizer(llguidance: Any, vocab: Any, n_vocab: int) -> Any:
     buffer = ctypes.create_string_buffer(size + 1)
     pieces: list[bytes] = []
     end_of_generation: list[int] = []
-    for token in range(n_vocab):
-        written = lib.llama_token_to_piece(vocab, token, buffer, size, 0, True)
-        if written < 0:
-            raise ValueError(f"token {token} is longer than {size} bytes")
-        piece = buffer.raw[:written]
-        attributes = lib.llama_vocab_get_attr(vocab, token)
-        # Control tokens (and user-defined ones that look like them) are marked with a
-        # leading 0xFF byte: llguidance never lets JSON text produce them.
-        if attributes & control or (
-            attributes & user_defined and piece.startswith(b"<") and piece.endswith(b">")
-        ):
-            piece = b"\xff" + piece
-        pieces.append(piece)
-        if lib.llama_vocab_is_eog(vocab, token):
-            end_of_generation.append(token)
+    for start in range(0, n_vocab, _PIECES_PER_STEP):
+        with step(False):
+            for token in range(start, min(start + _PIECES_PER_STEP, n_vocab)):
+                written = lib.llama_token_to_piece(vocab, token, buffer, size, 0, True)
+                if written < 0:
+                    raise ValueError(f"token {token} is longer than {size} bytes")
+                piece = buffer.raw[:written]
+                attributes = lib.llama_vocab_get_attr(vocab, token)
+                # Control tokens (and user-defined ones that look like them) are marked with
+                # a leading 0xFF byte: llguidance never lets JSON text produce them.
+                if attributes & control or (
+                    attributes & user_defined and piece.startswith(b"<") and piece.endswith(b">")
+                ):
+                    piece = b"\xff" + piece
+                pieces.append(piece)
+                if lib.llama_vocab_is_eog(vocab, token):
+                    end_of_generation.append(token)
     tokenize = ctypes.cast(lib.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-    return llguidance.LLTokenizer.from_llamacpp(
-        tokens=pieces,
-        vocab_ptr=vocab,
-        tokenize_fptr=tokenize,
-        eos_token=end_of_generation or lib.llama_vocab_eos(vocab),
-        slices=None,
-    )
+    with step(True):
+        trie = llguidance.LLTokenizer.from_llamacpp(
+            tokens=pieces,
+            vocab_ptr=vocab,
+            tokenize_fptr=tokenize,
+            eos_token=end_of_generation or lib.llama_vocab_eos(vocab),
+            slices=[],
+        )
+    del pieces
+    with step(True):
+        return trie.with_slices(llguidance.LLTokenizer.general_slices())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 from serapeum.core.plugins import PluginHost
 from serapeum.llama_cpp.testing import TinyModelSpec, build_tiny_gguf
 from serapeum.llama_cpp.testing.http_server import LoopbackServer, start_loopback_server
+
+# Every model loaded starts llguidance's warm-up in the background; the suite loads dozens,
+# whose warm-ups would queue (one at a time per process) and race the tests that watch one.
+# tests/test_structured_warmup.py turns it back on for its own models.
+os.environ.setdefault("SERAPEUM_STRUCTURED_WARMUP", "0")
 
 LLAMA3_SPEC = TinyModelSpec(
     bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", name="serapeum-tiny-llama3"

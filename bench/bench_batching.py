@@ -451,28 +451,18 @@ def bench_sessions(
         questions = _questions(count, turns)
         entry: dict[str, Any] = {}
         results[str(count)] = entry
-        session_options = {
-            "max_sessions": count,
-            "kv_cache_tokens": count * CONVERSATION_CONTEXT,
-        }
         with failures.guard("ours_no_session", entry):
             llm = _ours(path, 1, CONVERSATION_CONTEXT)
             entry["ours_no_session"] = _ours_round_robin(llm, questions, answer, None)
             del llm
         with failures.guard("ours_sessions_1", entry):
-            llm = _ours(path, 1, CONVERSATION_CONTEXT, **session_options)
+            llm = _ours(path, 1, CONVERSATION_CONTEXT, max_sessions=count)
             entry["ours_sessions_1"] = _ours_round_robin(llm, questions, answer, "rr1")
             del llm
         parallel: LlamaCPP | None = None
         with failures.guard("ours_sessions_n", entry):
-            # Room for both runs' sessions: the second must not evict (or save) the first's.
-            parallel = _ours(
-                path,
-                count,
-                CONVERSATION_CONTEXT,
-                max_sessions=2 * count,
-                kv_cache_tokens=2 * count * CONVERSATION_CONTEXT,
-            )
+            # Room for both runs' sessions: the second must not push out the first's.
+            parallel = _ours(path, count, CONVERSATION_CONTEXT, max_sessions=2 * count)
             entry["ours_sessions_n"] = _ours_round_robin(parallel, questions, answer, "rrn")
         if parallel is not None:
             with failures.guard("ours_sessions_n_at_once", entry):
@@ -646,7 +636,8 @@ def _environment() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
         f"llama-cpp-python {metadata.version('llama-cpp-python')}, "
-        f"serapeum-llama-cpp {metadata.version('serapeum-llama-cpp')}"
+        f"serapeum-llama-cpp {metadata.version('serapeum-llama-cpp')}; load average "
+        f"{os.getloadavg()[1]:.1f} (5 min) at the end: figures from a busier machine are lower"
     )
 
 
@@ -722,9 +713,9 @@ def _sessions_lines(results: dict[str, Any], turns: int, answer: int) -> list[st
         "wrapper for all, as bench_engine.py's 10-turn chat does), and the tokens they "
         "evaluated. The ratio column divides that probe time by LlamaIndex's. Every contender "
         f"has a {CONVERSATION_CONTEXT}-token context per conversation; ours with sessions keeps "
-        f"every conversation's KV (`max_sessions` = conversations, `kv_cache_tokens` = "
-        f"conversations x {CONVERSATION_CONTEXT}; twice that on the `n_parallel` model, which "
-        "serves both of its rows).",
+        "every conversation's KV (`max_sessions` = conversations; twice that on the "
+        "`n_parallel` model, which serves both of its rows; sessions without a slot wait in "
+        "RAM, within the default `saved_sessions_bytes`).",
         "",
     ]
     labels = {

@@ -76,8 +76,8 @@ NATIVE_ARRIVAL_S = 0.1  # how far into the first native step the request is sche
 def _arrival_in_native_step(constraints: Any, n_vocab: int) -> float:
     """Wait for the pieces to be read, then until ``NATIVE_ARRIVAL_S`` into the native step.
 
-    The warm-up waits ``_NATIVE_QUIET_SECONDS`` of idle before it; this thread sleeps
-    through that and wakes (for the GIL) during the step. Returns the scheduled arrival.
+    The warm-up waits for idle windows before it; this thread sleeps through them and
+    wakes (for the GIL) during the step. Returns the scheduled arrival.
     """
     from serapeum.llama_cpp.backend import structured
 
@@ -86,7 +86,8 @@ def _arrival_in_native_step(constraints: Any, n_vocab: int) -> float:
         time.sleep(0.002)
     while pacer.phase == "pieces":
         time.sleep(0.001)
-    arrival = time.perf_counter() + structured._NATIVE_QUIET_SECONDS + NATIVE_ARRIVAL_S
+    quiet = structured._IDLE_WINDOW_SECONDS * structured._NATIVE_IDLE_WINDOWS
+    arrival = time.perf_counter() + quiet + NATIVE_ARRIVAL_S
     time.sleep(max(0.0, arrival - time.perf_counter()))
     return arrival
 

@@ -333,7 +333,8 @@ def test_cancelling_an_asyncio_task_stops_only_its_request(
     async def main() -> list[str]:
         doomed = asyncio.create_task(batched.acomplete(OTHERS[0], max_new_tokens=HOLD_TOKENS))
         others = [asyncio.create_task(batched.acomplete(p)) for p in PROMPTS[:3]]
-        await asyncio.sleep(0.2)
+        while scheduler.steps <= start + 2:  # the doomed request is generating
+            await asyncio.sleep(0.002)
         doomed.cancel()
         with pytest.raises(asyncio.CancelledError):
             await doomed
@@ -399,14 +400,6 @@ def test_default_instance_has_no_scheduler(tiny_model_path: Path) -> None:
     assert llm.complete(PROMPTS[0]).usage is not None
 
 
-@pytest.mark.xfail(
-    reason=(
-        "bug: a batched model is never freed: BatchScheduler's thread holds the model "
-        "(self._model, self._llama) and waits forever, so the model cache's weak reference "
-        "never dies and LlamaCppModel.close is never reached"
-    ),
-    strict=True,
-)
 def test_a_batched_model_is_freed_with_its_last_instance(tiny_model_path: Path) -> None:
     import gc
     import weakref
@@ -421,7 +414,7 @@ def test_a_batched_model_is_freed_with_its_last_instance(tiny_model_path: Path) 
 
 def test_batched_model_settings(batched: LlamaCPP) -> None:
     settings = batched.loaded_model.batching  # type: ignore[attr-defined]
-    assert (settings.n_parallel, settings.max_sessions, settings.n_ctx_seq) == (4, 16, 512)
+    assert (settings.n_parallel, settings.max_sessions, settings.n_ctx_seq) == (4, 64, 512)
     assert settings.max_queue == 64 and settings.prefill_chunk == 256
     assert batched.metadata.context_window == 512  # one conversation's window, not the cache's
 
@@ -465,9 +458,11 @@ def test_invalid_counts(tiny_model_path: Path, name: str, value: int) -> None:
         _tiny(tiny_model_path, n_parallel=2, **{name: value})
 
 
-def test_kv_cache_smaller_than_the_context_window(tiny_model_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="kv_cache_tokens=256"):
-        _tiny(tiny_model_path, n_parallel=2, kv_cache_tokens=256)
+def test_queue_options_need_a_batched_model(tiny_model_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="max_queue is only used by a model with slots"):
+        _tiny(tiny_model_path, max_queue=3)
+    with pytest.raises(ConfigurationError, match="saved_sessions_bytes is only used"):
+        _tiny(tiny_model_path, saved_sessions_bytes=0)
 
 
 def test_server_backend_refuses_batching_options() -> None:
@@ -494,20 +489,25 @@ GEMMA_PROMPTS = (
 
 
 def test_gemma_copies_agree_and_ignore_their_companions(gemma_model_path: Path) -> None:
-    """A confident answer survives batching. Only its first line is compared: on this CPU
-    llama.cpp's kernels round a row differently with the batch around it (and the cells
-    it sits in), so low-margin greedy picks later on may differ between copies (see the
-    issue's note on llama-server at -np 4)."""
+    """On a real quantized model, four copies of a prompt started together give one text.
+
+    Each sequence has a KV stream of its own: with one unified cache the copies' cells sat
+    at different offsets and the attention kernels rounded each differently. What is left
+    is the matrix kernels': llama.cpp's CPU kernels for quantized weights (Q5_0/Q8_0 tiles,
+    repacked Q4_K row groups) round a row differently with its place and the batch's size,
+    so a prompt among others keeps its confident start, not always every low-margin pick
+    (llama-server at -np 4 does the same; see docs/concurrency.md)."""
     llm = LlamaCPP(
         model_path=str(gemma_model_path),
         temperature=0.0,
-        max_new_tokens=12,
+        max_new_tokens=48,
         context_window=1024,
         n_parallel=4,
     )
-    target = GEMMA_PROMPTS[0]
-    copies = _together([lambda: llm.complete(target, formatted=True).text] * 4)
+    for target in GEMMA_PROMPTS[1:3]:
+        copies = _together([partial(_text, llm, target, formatted=True)] * 4)
+        assert len(set(copies)) == 1, copies
     mixed = _together([partial(_text, llm, p, formatted=True) for p in GEMMA_PROMPTS])
-    first_lines = {text.strip().splitlines()[0] for text in [*copies, mixed[0]]}
-    assert first_lines == {"The capital of France is Paris."}
-    assert all(text.strip() for text in mixed)
+    reversed_mix = _together([partial(_text, llm, p, formatted=True) for p in GEMMA_PROMPTS[::-1]])
+    assert mixed[0].strip().splitlines()[0] == "The capital of France is Paris."
+    assert reversed_mix[-1].strip().splitlines()[0] == "The capital of France is Paris."

@@ -61,6 +61,12 @@ class BuildSpy:
         return self._real(*args, **kwargs)
 
 
+@pytest.fixture(autouse=True)
+def warm_up_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The root conftest turns the warm-up off for the rest of the suite."""
+    monkeypatch.setenv(STRUCTURED_WARMUP_ENV, "1")
+
+
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Iterator[BuildSpy]:
     build = BuildSpy(structured._build_tokenizer)

@@ -87,8 +87,9 @@ def _worker_for(model: LoadedModel) -> Worker | None:
 
 _SAMPLING_FIELDS = ("temperature", "max_tokens", "stop", "cancel", "session")
 
-# Sessions a batched model keeps by default (n_parallel > 1): they cost nothing until used.
-DEFAULT_SESSIONS_PER_SLOT = 4
+# Sessions a batched model keeps by default (n_parallel > 1): in its slots and in RAM
+# (within saved_sessions_bytes); they cost nothing until used.
+DEFAULT_MAX_SESSIONS = 64
 MAX_SESSION_NAME_CHARS = 256
 
 
@@ -111,11 +112,6 @@ def _check_positive_int(value: Any, name: str) -> int:
         if number > 0:
             return number
     raise ConfigurationError(f"{name} must be a positive integer, got {shown(value)}")
-
-
-def _check_optional_positive_int(_instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None:
-        _check_positive_int(value, attribute.name)
 
 
 def _check_count(_instance: Any, attribute: Any, value: Any) -> None:
@@ -374,7 +370,6 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     checked_load: bool = field(default=True, validator=_check_flag)
     n_parallel: int = field(default=1, validator=_validate(_check_positive_int))
     max_sessions: int | None = field(default=None, validator=_check_count)
-    kv_cache_tokens: int | None = field(default=None, validator=_check_optional_positive_int)
     max_queue: int | None = field(default=None, validator=_check_count)
     saved_sessions_bytes: int | None = field(default=None, validator=_check_count)
     plugins: PluginHost | None = field(default=None, repr=False)
@@ -467,7 +462,6 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             batching = {
                 "n_parallel": self.n_parallel != 1,
                 "max_sessions": self.max_sessions is not None,
-                "kv_cache_tokens": self.kv_cache_tokens is not None,
                 "max_queue": self.max_queue is not None,
                 "saved_sessions_bytes": self.saved_sessions_bytes is not None,
             }
@@ -500,12 +494,21 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         cache key, and the model it shares with other instances, stay as they were)."""
         sessions = self.max_sessions
         if sessions is None:
-            sessions = DEFAULT_SESSIONS_PER_SLOT * self.n_parallel if self.n_parallel > 1 else 0
+            sessions = DEFAULT_MAX_SESSIONS if self.n_parallel > 1 else 0
         if self.n_parallel == 1 and not sessions:
+            given = (
+                ("max_queue", self.max_queue),
+                ("saved_sessions_bytes", self.saved_sessions_bytes),
+            )
+            unused = [name for name, value in given if value is not None]
+            if unused:
+                verb = "is" if len(unused) == 1 else "are"
+                raise ConfigurationError(
+                    f"{' and '.join(unused)} {verb} only used by a model with slots or "
+                    "sessions; add n_parallel=N (N > 1) or max_sessions=N, or remove it"
+                )
             return {}
         options: dict[str, Any] = {"n_parallel": self.n_parallel, "max_sessions": sessions}
-        if self.kv_cache_tokens is not None:
-            options["kv_cache_tokens"] = self.kv_cache_tokens
         if self.max_queue is not None:
             options["max_queue"] = self.max_queue
         if self.saved_sessions_bytes is not None:

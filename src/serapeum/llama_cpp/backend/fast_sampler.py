@@ -11,8 +11,9 @@ through llama.cpp's own top-k / typical / top-p / min-p / temperature / seeded-d
 samplers (``add_truncation``, shared with the full chain): top-k keeps the same k
 logits, sorted the same way, so the distribution is the chain's bit for bit and, for the
 same seed, so are the tokens (tied logits at the top-k boundary aside, which llama.cpp
-orders arbitrarily either way). ``choose_batch`` does the numpy part for a whole batch of
-logits rows in one set of calls.
+orders arbitrarily either way). ``choose_batch`` picks for a (B, n_vocab) array of
+logits rows, with one numpy call for every row's column maxima and a few for their
+thresholds.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms.types import FinishReason, Timing, Usage
-from serapeum.core.plugins import GenerationRequest
+from serapeum.core.plugins import BackendChunk, BackendResult, GenerationRequest
 from serapeum.llama_cpp.backend.evaluated_tokens import PromptPlan
 from serapeum.llama_cpp.backend.fast_sampler import FastSampler, fast_path_applies
 from serapeum.llama_cpp.backend.sampling import (
@@ -166,6 +166,26 @@ class Generation:
                 "total_tokens": self.usage.total_tokens,
             }
         return raw
+
+    def result(self, text: str) -> BackendResult:
+        """The whole answer with its figures (once generation ended)."""
+        return BackendResult(
+            text=text,
+            raw=self.raw_chunk(text, final=True),
+            usage=self.usage,
+            timing=self.timing,
+            finish_reason=self.finish_reason,
+        )
+
+    def final_chunk(self) -> BackendChunk:
+        """A stream's last chunk: no text, the figures (once generation ended)."""
+        return BackendChunk(
+            delta="",
+            raw=self.raw_chunk("", final=True),
+            usage=self.usage,
+            timing=self.timing,
+            finish_reason=self.finish_reason,
+        )
 
     # -- the loop ------------------------------------------------------------------------
     def text(self) -> Generator[str, None, None]:

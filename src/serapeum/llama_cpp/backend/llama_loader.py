@@ -80,12 +80,12 @@ def tokenize(vocab: Any, text: bytes, *, add_bos: bool, special: bool) -> list[i
 def new_llama(path: Path, options: Mapping[str, Any], *, sequences: int = 1) -> Any:
     """``llama_cpp.Llama(model_path=path, **options)`` that leaves the chat templates alone.
 
-    ``sequences`` > 1 makes a context for that many sequences sharing one (unified) KV
-    cache, for batched generation.
+    ``sequences`` > 1 makes a context for that many sequences, each in a KV stream of its
+    own (``n_ctx`` is split between them), for batched generation.
     """
     if sequences == 1:
         return _llama_class()(model_path=str(path), **options)
-    with _context_defaults(n_seq_max=sequences, kv_unified=True):
+    with _context_defaults(n_seq_max=sequences, kv_unified=False):
         return _llama_class()(model_path=str(path), **options)
 
 

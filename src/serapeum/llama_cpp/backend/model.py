@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import random
 import time
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,8 @@ class LlamaCppModel:
         """Serve requests through a batch scheduler (``n_parallel`` slots, sessions)."""
         self._batching = settings
         self._scheduler = BatchScheduler(self, settings)
+        # Freed with its last user (the engine's cache holds models weakly): stop the loop.
+        weakref.finalize(self, self._scheduler.close)
 
     @property
     def batching(self) -> BatchSettings | None:
@@ -209,11 +212,13 @@ class LlamaCppModel:
         return _SINGLE
 
     def start_structured_warmup(self) -> None:
-        """Build llguidance's tokenizer bridge in the background, in turns while the model is idle.
-
-        So the first ``json_schema=`` request finds it ready (``structured.py`` says how).
+        """Build llguidance's tokenizer bridge in the background, in steps while the process
+        is idle, so the first ``json_schema=`` request finds it ready (``structured.py`` says
+        how). It takes no lock on the model: it only reads the vocabulary.
         """
-        self.constraints.start_warmup(self.lock, keep_alive=self._llama)
+        self.constraints.start_warmup(keep_alive=self._llama)
+        # A model freed without close() (the engine's cache holds models weakly) stops it too.
+        weakref.finalize(self, self.constraints.close)
 
     def close(self) -> None:
         """Free llama.cpp's model and context (``Llama.close``); later calls fail."""
@@ -337,13 +342,7 @@ class LlamaCppModel:
             text = "".join(generation.text())
         finally:
             self.lock.release()
-        return BackendResult(
-            text=text,
-            raw=generation.raw_chunk(text, final=True),
-            usage=generation.usage,
-            timing=generation.timing,
-            finish_reason=generation.finish_reason,
-        )
+        return generation.result(text)
 
     def stream(self, request: GenerationRequest) -> ChunkStream:
         if self._scheduler is not None:
@@ -364,13 +363,7 @@ class LlamaCppModel:
                 pieces.close()
         finally:
             self.lock.release()
-        yield BackendChunk(
-            delta="",
-            raw=generation.raw_chunk("", final=True),
-            usage=generation.usage,
-            timing=generation.timing,
-            finish_reason=generation.finish_reason,
-        )
+        yield generation.final_chunk()
 
     def _complete_batched(
         self, request: GenerationRequest, scheduler: BatchScheduler
@@ -383,13 +376,7 @@ class LlamaCppModel:
         except BaseException:
             ticket.abandon()  # e.g. KeyboardInterrupt in this thread: free the slot
             raise
-        return BackendResult(
-            text=text,
-            raw=generation.raw_chunk(text, final=True),
-            usage=generation.usage,
-            timing=generation.timing,
-            finish_reason=generation.finish_reason,
-        )
+        return generation.result(text)
 
     def _stream_batched(self, request: GenerationRequest, scheduler: BatchScheduler) -> ChunkStream:
         generation = SlotGeneration(self, request, time.perf_counter())
@@ -404,13 +391,7 @@ class LlamaCppModel:
             if not finished:
                 ticket.abandon()  # closed, broken out of, or failed: the slot is freed
                 scheduler.wake()
-        yield BackendChunk(
-            delta="",
-            raw=generation.raw_chunk("", final=True),
-            usage=generation.usage,
-            timing=generation.timing,
-            finish_reason=generation.finish_reason,
-        )
+        yield generation.final_chunk()
 
 
 _SINGLE = BackendCapabilities(json_schema=True, grammar=True, logprobs=True)

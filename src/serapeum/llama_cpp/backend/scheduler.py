@@ -5,9 +5,10 @@ request that is generating and, in the room left, a chunk of the prompts being
 evaluated (``BatchSettings.prefill_chunk`` tokens while others generate, so no stream
 stalls for longer than one chunk). Then every request with logits in the step picks its
 next token from its own row. A request joins at the next step after it arrives (when a
-slot is free and the KV cache has room for its prompt and its ``max_tokens``) and leaves
+slot is free) and leaves
 at the step it finishes, is cancelled or its caller stops listening. Requests beyond the
-slots wait in a bounded queue, in order; none is cancelled to make room.
+slots wait in a bounded queue, in order; none is cancelled to make room. Each sequence has
+a KV stream of its own (``sequences.py`` says why and how sessions move in and out).
 
 Why a thread and not the callers' threads: a step serves every request at once, so one
 owner of the context decides what goes into it; callers only wait on their ``Ticket``.
@@ -42,6 +43,9 @@ logger = logging.getLogger("serapeum.llama_cpp")
 
 # While nothing runs, queued requests are looked at this often (for their cancel tokens).
 _IDLE_POLL_SECONDS = 0.05
+# How long an idle model waits for requests arriving together (see ``_gather``).
+GATHER_SECONDS = 0.01
+GATHER_MAX_SECONDS = 0.05
 
 
 class BatchModel(LoopModel, Protocol):
@@ -111,20 +115,18 @@ class _Running:
         "plan",
         "pos",
         "prompt_started",
-        "reserve",
         "sequence",
         "ticket",
         "token",
     )
 
     def __init__(
-        self, ticket: Ticket, sequence: Sequence, plan: PromptPlan, reserve: int, started: float
+        self, ticket: Ticket, sequence: Sequence, plan: PromptPlan, started: float
     ) -> None:
         self.ticket = ticket
         self.generation = ticket.generation
         self.sequence = sequence
         self.plan = plan
-        self.reserve = reserve
         self.prompt_started = started
         self.offset = plan.cached  # prompt tokens evaluated so far
         self.pos = plan.cached  # the next position in the sequence
@@ -143,13 +145,17 @@ class BatchScheduler:
     def __init__(self, model: BatchModel, settings: BatchSettings) -> None:
         import llama_cpp as lib
 
-        self._model = model
+        # Weak: the scheduler must not keep its model alive (the model closes it when freed);
+        # a running request's generation holds the model while it needs it.
+        self._model = weakref.ref(model)
+        self._name = model.name
+        self._n_vocab = model.n_vocab
+        self._vocab = model.vocab
         self._settings = settings
         llama = model.llama
         self._llama = llama
         self._ctx = llama.ctx
         self._memory = lib.llama_get_memory(self._ctx)
-        self._capacity = int(lib.llama_n_ctx(self._ctx))
         self._n_batch = int(llama.n_batch)
         self._n_swa = int(lib.llama_model_n_swa(llama.model))
         self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
@@ -168,7 +174,7 @@ class BatchScheduler:
         # how long a running stream can stall behind a new prompt (tests read it).
         self.largest_prefill_beside_generation = 0
         self._thread = threading.Thread(
-            target=self._run, name=f"serapeum-batch:{model.name}", daemon=True
+            target=self._run, name=f"serapeum-batch:{self._name}", daemon=True
         )
         _live.add(self)
         self._thread.start()
@@ -216,8 +222,8 @@ class BatchScheduler:
         try:
             while True:
                 with self._cond:
-                    while not self._closed and not self._running and not self._queue:
-                        self._cond.wait()
+                    if not self._running:
+                        self._gather()
                     if self._closed:
                         break
                     self._drop_cancelled_waiting()
@@ -227,7 +233,7 @@ class BatchScheduler:
                         continue
                 self._step()
         except BaseException as exc:  # a bug: fail every caller rather than hang them
-            logger.exception("the batch scheduler of %s stopped", self._model.name)
+            logger.exception("the batch scheduler of %s stopped", self._name)
             error = exc
         finally:
             failure = DecodeError(
@@ -242,6 +248,28 @@ class BatchScheduler:
             for running in list(self._running):
                 self._finish(running, failure)
 
+    def _gather(self) -> None:
+        """Wait for work; once it comes to an idle model, wait a moment for more.
+
+        Requests that start together (a ``gather``, threads released at once) then share
+        their first step, so they run through the same batch shapes: llama.cpp's kernels
+        round a row differently with the number of rows beside it, so copies of one prompt
+        give one text only when they keep step. Each arrival extends the wait by
+        ``GATHER_SECONDS``, up to ``GATHER_MAX_SECONDS``, or until every slot is asked for.
+        """
+        while not self._closed and not self._queue:
+            self._cond.wait()
+        deadline = time.monotonic() + GATHER_MAX_SECONDS
+        seen = 0
+        while not self._closed and seen != len(self._queue):
+            seen = len(self._queue)
+            if seen >= self._settings.n_parallel:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(min(GATHER_SECONDS, left))
+
     def _drop_cancelled_waiting(self) -> None:
         for ticket in [t for t in self._queue if t.abandoned or _cancelled(t.request)]:
             self._queue.remove(ticket)
@@ -252,7 +280,8 @@ class BatchScheduler:
             ticket.put_end(None)
 
     def _admit(self) -> None:
-        """Move waiting requests into free slots, in order, while the KV cache has room."""
+        """Move waiting requests into free slots, in order (a session whose previous turn
+        still runs waits without holding up the others)."""
         settings = self._settings
         for ticket in list(self._queue):
             if len(self._running) >= settings.n_parallel:
@@ -260,24 +289,20 @@ class BatchScheduler:
             request = ticket.request
             if request.session is not None and self._table.session_busy(request.session):
                 continue  # its conversation's previous turn is still running
-            reserve = min(len(request.prompt_tokens) + request.max_tokens, settings.n_ctx_seq)
-            reserved = sum(r.reserve for r in self._running)
-            if reserved + reserve > self._capacity:
-                return  # wait for running requests to finish, in order
             sequence = self._table.claim(request.session, request.prompt_tokens)
             if sequence is None:
-                continue
+                return
             self._queue.remove(ticket)
-            self._table.make_room(self._capacity - reserved - reserve)
-            self._table.restore(sequence)
             plan = self._plan(sequence, request)
-            self._running.append(_Running(ticket, sequence, plan, reserve, time.perf_counter()))
+            self._running.append(_Running(ticket, sequence, plan, time.perf_counter()))
 
     def _plan(self, sequence: Sequence, request: GenerationRequest) -> PromptPlan:
         """What of the prompt ``sequence`` already holds; the rest is removed from it."""
         import llama_cpp as lib
 
-        model = self._model
+        model = self._model()
+        if model is None:  # cannot happen while its request's generation holds it
+            raise DecodeError("the model was freed")
         plan = sequence.evaluated.plan(
             request.prompt_tokens, request.prompt_text, model.tokenize_continuation
         )
@@ -395,8 +420,7 @@ class BatchScheduler:
                 r.sequence.evaluated.start(r.plan, r.ticket.request.prompt_text)
                 r.generation.begin(r.plan, self._llama.last_n_tokens_size, r.prompt_started)
                 r.begun = True
-        n_vocab = self._model.n_vocab
-        vocab = self._model.vocab
+        n_vocab, vocab = self._n_vocab, self._vocab
         is_eog = lib.llama_vocab_is_eog
         for r, index in outputs:
             generation = r.generation
@@ -431,8 +455,8 @@ class BatchScheduler:
     def _fail_step(self, running: list[_Running], status: int) -> None:
         """llama_decode failed: what the step held is unknown, so its sequences are emptied."""
         message = (
-            f"llama_decode found no room in the KV cache ({self._capacity} cells for all "
-            "sequences); raise kv_cache_tokens or lower n_parallel"
+            f"llama_decode found no room in the KV cache ({self._settings.n_ctx_seq} cells "
+            "per sequence); raise context_window"
             if status == 1
             else f"llama_decode failed with status {status}"
         )

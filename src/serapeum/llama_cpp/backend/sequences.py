@@ -1,17 +1,18 @@
-"""Which llama.cpp sequence holds which conversation, and which to give up for room.
+"""Which conversation each slot's sequence holds, and where the others wait.
 
-A batched model's context holds ``n_parallel + max_sessions`` sequences in one unified
-KV cache. The first ``n_parallel`` are anonymous: a request without a session takes the
-idle one whose tokens share the longest prefix with its prompt (today's reuse across
-turns, for as many conversations as there are slots). The others belong to named
-sessions while they keep state: a session's turn continues its own sequence, whatever
-ran in between. Room in the KV cache is counted in cells (one per token a sequence
-holds); when an admitted request needs more than is free, the least recently used idle
-sequences are emptied first. An emptied session's KV is first copied to RAM (within a
-byte budget, least recently used copies dropped first) and copied back into a sequence
-at its next turn: on Gemma 3 270M a 602-token session copies out and back in 1.8 ms
-each, where evaluating it again took seconds. Beyond the budget the next turn evaluates
-its whole prompt again.
+A batched model's context holds ``n_parallel`` sequences, each in a KV stream of its own
+(llama.cpp's non-unified cache: a sequence's attention never sees another's cells, so its
+text cannot depend on what runs beside it). A request without a session takes the idle
+sequence that already holds the start of its prompt (today's reuse across turns, for as
+many conversations as there are slots), else an empty one, else the least recently used.
+
+A named session continues its own tokens wherever they are: in a slot's sequence, or, when
+that slot was needed by another conversation, in RAM. A session's KV is copied out of its
+sequence (``llama_state_seq_get_data``) before another conversation takes it, and copied
+back at the session's next turn: on Gemma 3 270M a 602-token session copies out and back
+in 1.8 ms each, where evaluating it again took seconds. ``max_sessions`` copies and
+``saved_sessions_bytes`` of RAM bound what is kept (least recently used dropped first);
+a session beyond them evaluates its whole prompt again at its next turn.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Callable
+from collections.abc import Sequence as Tokens
 
 from attrs import define, field
 
@@ -31,10 +33,10 @@ _ticks = itertools.count()
 
 @define(eq=False)
 class Sequence:
-    """One llama.cpp sequence: its id, its owner (a session name or None) and its tokens."""
+    """One slot's llama.cpp sequence: its id, whose tokens it holds, and those tokens."""
 
     seq_id: int
-    session: str | None = None
+    session: str | None = None  # the session whose tokens these are (None: anonymous)
     evaluated: EvaluatedTokens = field(factory=EvaluatedTokens)
     busy: bool = False
     last_used: int = 0
@@ -64,10 +66,10 @@ class KvCopier:
 
 
 class SequenceTable:
-    """Sequences of one batched context; used by the scheduler's thread only.
+    """The slots' sequences and the sessions saved in RAM; the scheduler's thread only.
 
     ``clear(seq_id)`` empties a sequence in llama.cpp's KV cache (the table forgets its
-    tokens itself); ``copier``, when given, keeps evicted sessions' KV in RAM.
+    tokens itself); ``copier``, when given, keeps sessions' KV in RAM between turns.
     """
 
     def __init__(
@@ -77,137 +79,123 @@ class SequenceTable:
         clear: Callable[[int], None],
         copier: KvCopier | None = None,
     ) -> None:
-        self._anonymous = [Sequence(i) for i in range(n_parallel)]
-        self._spare = [Sequence(n_parallel + i) for i in range(max_sessions)]
-        self._sessions: dict[str, Sequence] = {}
+        self._slots = [Sequence(i) for i in range(n_parallel)]
+        self._max_saved = max_sessions
         self._clear = clear
         self._copier = copier
         self._saved: OrderedDict[str, _SavedSession] = OrderedDict()
         self._saved_bytes = 0
-        self._to_restore: dict[int, _SavedSession] = {}
-        self.evictions = 0
+        self.evictions = 0  # sessions that lost their state (not saved, or dropped from RAM)
+        self.saves = 0  # sessions copied out to RAM
         self.restored = 0  # sessions copied back from RAM
 
     @property
     def all(self) -> list[Sequence]:
-        return [*self._anonymous, *self._sessions.values(), *self._spare]
+        return list(self._slots)
 
     def session_busy(self, session: str) -> bool:
-        sequence = self._sessions.get(session)
-        return sequence is not None and sequence.busy
+        return any(s.busy and s.session == session for s in self._slots)
 
-    def claim(self, session: str | None, prompt: tuple[int, ...]) -> Sequence | None:
-        """The sequence for a request, marked busy; None when none can be had now."""
-        if session is None:
-            idle = [s for s in self._anonymous if not s.busy]
-            if not idle:
-                return None
-            chosen = max(
-                idle,
-                key=lambda s: (common_prefix_length(s.evaluated.tokens, prompt), -s.last_used),
-            )
+    def claim(self, session: str | None, prompt: Tokens[int]) -> Sequence | None:
+        """The sequence for a request, marked busy, holding what can be reused of it; None
+        when every slot is busy."""
+        idle = [s for s in self._slots if not s.busy]
+        if not idle:
+            return None
+        if session is not None:
+            home = next((s for s in idle if s.session == session), None)
+            chosen = home if home is not None else self._least_needed(idle)
+            if home is None:
+                self._vacate(chosen)
+                self._restore(session, chosen)
+                chosen.session = session
         else:
-            existing = self._sessions.get(session)
-            if existing is not None:
-                if existing.busy:
-                    return None
-                chosen = existing
-            elif self._spare:
-                chosen = self._spare.pop()
-            else:
-                idle = [s for s in self._sessions.values() if not s.busy]
-                if not idle:
-                    return None
-                chosen = min(idle, key=lambda s: s.last_used)
-                self.evictions += 1
-                self._drop_session(chosen)
-                self._spare.remove(chosen)
-            chosen.session = session
-            self._sessions[session] = chosen
-            saved = self._saved.pop(session, None)
-            if saved is not None:
-                self._saved_bytes -= len(saved.data)
-                if existing is None:
-                    self._to_restore[chosen.seq_id] = saved
+            chosen = self._continued(idle, prompt) or self._least_needed(idle)
+            if chosen.session is not None:
+                self._vacate(chosen)
         chosen.busy = True
         chosen.touch()
         return chosen
-
-    def restore(self, sequence: Sequence) -> None:
-        """Copy the session's KV back from RAM, if it was saved (after ``make_room``)."""
-        saved = self._to_restore.pop(sequence.seq_id, None)
-        if saved is None or self._copier is None:
-            return
-        if self._copier.load(saved.data, sequence.seq_id):
-            sequence.evaluated = saved.evaluated
-            self.restored += 1
-        else:
-            self.empty(sequence)
 
     def release(self, sequence: Sequence) -> None:
         sequence.busy = False
         sequence.touch()
 
-    def idle_cells(self) -> int:
-        return sum(s.cells for s in self.all if not s.busy)
-
-    def make_room(self, room: int) -> bool:
-        """Empty idle sequences, least recently used first, until they hold <= ``room`` cells."""
-        idle = sorted((s for s in self.all if not s.busy and s.cells), key=lambda s: s.last_used)
-        for sequence in idle:
-            if self.idle_cells() <= room:
-                return True
-            self.evictions += 1
-            if sequence.session is not None:
-                self._drop_session(sequence)
-            else:
-                self.empty(sequence)
-        return self.idle_cells() <= room
-
     def empty(self, sequence: Sequence) -> None:
         """Forget what ``sequence`` holds, here and in the KV cache."""
         self._clear(sequence.seq_id)
-        sequence.evaluated.clear()
-
-    def _drop_session(self, sequence: Sequence, *, keep: bool = True) -> None:
-        """The session loses its sequence (its KV copied to RAM when ``keep`` and the
-        budget allow); the sequence becomes spare."""
-        if sequence.session is not None:
-            self._sessions.pop(sequence.session, None)
-            if keep and sequence.cells:
-                self._save(sequence.session, sequence)
-        self.empty(sequence)
-        sequence.session = None
-        self._spare.append(sequence)
-
-    def forget_session(self, session: str) -> bool:
-        """Drop ``session``'s state now (e.g. the conversation ended); False if it had none."""
-        saved = self._saved.pop(session, None)
-        if saved is not None:
-            self._saved_bytes -= len(saved.data)
-        sequence = self._sessions.get(session)
-        if sequence is None or sequence.busy:
-            return saved is not None
-        self._drop_session(sequence, keep=False)
-        return True
-
-    def _save(self, session: str, sequence: Sequence) -> None:
-        copier = self._copier
-        if copier is None:
-            return
-        data = copier.save(sequence.seq_id)
-        if data is None or len(data) > copier.budget:
-            return
-        while self._saved and self._saved_bytes + len(data) > copier.budget:
-            _, oldest = self._saved.popitem(last=False)
-            self._saved_bytes -= len(oldest.data)
-        self._saved[session] = _SavedSession(data, sequence.evaluated)
-        sequence.evaluated = EvaluatedTokens()  # ``empty`` must not clear the saved one
-        self._saved_bytes += len(data)
+        sequence.evaluated = EvaluatedTokens()
 
     @property
     def saved_bytes(self) -> int:
         return self._saved_bytes
 
-    def sessions(self) -> list[str]:
-        return list(self._sessions)
+    def saved_sessions(self) -> list[str]:
+        return list(self._saved)
+
+    # -- choosing ------------------------------------------------------------------------
+    @staticmethod
+    def _continued(idle: list[Sequence], prompt: Tokens[int]) -> Sequence | None:
+        """The anonymous sequence whose tokens the prompt mostly continues, if any.
+
+        At least half of what it holds must be shared (llama-server's slot similarity),
+        so two conversations that share only a template's first tokens keep a slot each.
+        """
+        tokens = list(prompt)
+        best, best_shared = None, 0
+        for sequence in idle:
+            if sequence.session is not None or not sequence.cells:
+                continue
+            shared = common_prefix_length(sequence.evaluated.tokens, tokens)
+            if shared * 2 >= sequence.cells and shared > best_shared:
+                best, best_shared = sequence, shared
+        return best
+
+    @staticmethod
+    def _least_needed(idle: list[Sequence]) -> Sequence:
+        """An empty sequence, else an anonymous one, else a session's; least recently used."""
+        return min(idle, key=lambda s: (bool(s.cells), s.session is not None, s.last_used))
+
+    # -- moving sessions between slots and RAM -----------------------------------------
+    def _vacate(self, sequence: Sequence) -> None:
+        """Make ``sequence`` free for another conversation, saving its session's KV."""
+        session, held = sequence.session, sequence.cells
+        if session is not None and held and not self._save(session, sequence):
+            self.evictions += 1
+        sequence.session = None
+        if held:
+            self.empty(sequence)
+
+    def _save(self, session: str, sequence: Sequence) -> bool:
+        copier = self._copier
+        if copier is None or not self._max_saved:
+            return False
+        data = copier.save(sequence.seq_id)
+        if data is None or len(data) > copier.budget:
+            return False
+        while self._saved and (
+            self._saved_bytes + len(data) > copier.budget or len(self._saved) >= self._max_saved
+        ):
+            self._drop_oldest()
+        self._saved[session] = _SavedSession(data, sequence.evaluated)
+        self._saved_bytes += len(data)
+        sequence.evaluated = EvaluatedTokens()  # the copy keeps them now
+        self.saves += 1
+        return True
+
+    def _drop_oldest(self) -> None:
+        _, oldest = self._saved.popitem(last=False)
+        self._saved_bytes -= len(oldest.data)
+        self.evictions += 1
+
+    def _restore(self, session: str, sequence: Sequence) -> None:
+        saved = self._saved.pop(session, None)
+        if saved is None or self._copier is None:
+            return
+        self._saved_bytes -= len(saved.data)
+        if self._copier.load(saved.data, sequence.seq_id):
+            sequence.evaluated = saved.evaluated
+            self.restored += 1
+        else:
+            self.empty(sequence)
+            self.evictions += 1

@@ -75,11 +75,14 @@ _COMPILE_STACK_BYTES = 512 * 2**20
 # reading this many tokens' pieces is a step (~10 ms on Gemma 3's 262,144), and so is each
 # of llguidance's two native builds (~0.5 s each there, holding the GIL throughout).
 _PIECES_PER_STEP = 4_096
-# Idle: the process's other threads used under this share of one CPU over the last window.
+# Idle: the process's other threads used under this share of one CPU over a window.
 _BUSY_SHARE = 0.1
-_PIECES_WINDOW_SECONDS = 0.01  # a pieces step is judged by the step it follows
-_NATIVE_QUIET_SECONDS = 0.2  # idle this long, measured after the last step, before a native one
-_RESUME_QUIET_SECONDS = 0.2  # after a busy window: idle this long before the next step
+_PIECES_WINDOW_SECONDS = 0.01  # a pieces step is judged by the window of the step before it
+_IDLE_WINDOW_SECONDS = 0.1
+# Idle windows in a row needed before a native step (counted after the last step), and
+# after a busy window: one stall of the whole process (a crowded machine) looks idle.
+_NATIVE_IDLE_WINDOWS = 2
+_RESUME_IDLE_WINDOWS = 3
 _QUEUE_POLL_SECONDS = 0.02  # a warm-up waiting for another model's checks for hurry / stop
 WARMUP_THREAD_NAME = "serapeum-structured-warmup"
 
@@ -175,7 +178,7 @@ class _Pacer:
     but the warm-up's (``process_time - thread_time``) must stay under ``_BUSY_SHARE`` of
     the window. That covers whatever runs a request (a caller's thread, llama.cpp's
     threads, a batch scheduler) without a lock or a hook in the model. A busy window
-    pauses the warm-up until one of ``_RESUME_QUIET_SECONDS`` is idle; ``hurry`` ends all
+    pauses the warm-up until ``_RESUME_IDLE_WINDOWS`` in a row are idle; ``hurry`` ends all
     waiting, ``stopping`` raises ``_WarmupStopped`` at the next step.
     """
 
@@ -191,7 +194,8 @@ class _Pacer:
     def _restart_window(self) -> None:
         self._mark = (time.monotonic(), _others_cpu_seconds())
 
-    def _wait_until_idle(self, window: float) -> None:
+    def _wait_until_idle(self, window: float, windows: int) -> None:
+        """Return after ``windows`` idle windows in a row (the first may have begun earlier)."""
         while True:
             if self._stopping():
                 raise _WarmupStopped
@@ -203,16 +207,23 @@ class _Pacer:
                 self._hurry.wait(window - elapsed)  # wakes at once when hurried or stopped
                 continue
             if _others_cpu_seconds() - others <= _BUSY_SHARE * elapsed:
-                return
-            self.pauses += 1
-            self.phase = "paused"
+                windows -= 1
+                if windows <= 0:
+                    return
+            else:
+                self.pauses += 1
+                self.phase = "paused"
+                window = max(window, _IDLE_WINDOW_SECONDS)
+                windows = _RESUME_IDLE_WINDOWS
             self._restart_window()
-            window = max(window, _RESUME_QUIET_SECONDS)
 
     @contextlib.contextmanager
     def step(self, native: bool) -> Iterator[None]:
         """Wait for an idle window, then run the step (``with``); a native one is timed."""
-        self._wait_until_idle(_NATIVE_QUIET_SECONDS if native else _PIECES_WINDOW_SECONDS)
+        if native or not self.steps:  # the first too: a request may be starting at load
+            self._wait_until_idle(_IDLE_WINDOW_SECONDS, _NATIVE_IDLE_WINDOWS)
+        else:
+            self._wait_until_idle(_PIECES_WINDOW_SECONDS, 1)
         # A pieces step lets go of the GIL at every call into llama.cpp, so a request that
         # arrives during it shows in the window that starts here. One that arrives during a
         # native step cannot run until it ends: the next window starts after it.
@@ -277,7 +288,7 @@ class JsonConstraints:
         """Whether the per-model set-up (the tokenizer bridge) is done."""
         return self._tokenizer is not None
 
-    def start_warmup(self, _ignored: object = None, keep_alive: Any = None) -> None:
+    def start_warmup(self, keep_alive: Any = None) -> None:
         """Build the bridge now on a daemon thread, in steps taken while the process is idle.
 
         Why in the background and not cached on disk: llguidance's ``LLTokenizer`` has no

@@ -194,6 +194,7 @@ def _concurrent_runs(
     batched: LlamaCPP | None,
     prompts: list[str],
     tokens: int,
+    unified: LlamaCPP | None = None,
 ) -> dict[str, Callable[[], list[tuple[str, int]]]]:
     """Each contender's run of all ``prompts``: (text, tokens generated) per prompt."""
     stop = list(get_plugin_host().formatters.get(FORMATTER).stop)
@@ -219,16 +220,19 @@ def _concurrent_runs(
         return runs
     llm = batched
 
-    def threads() -> list[tuple[str, int]]:
+    def threads_on(model: LlamaCPP) -> list[tuple[str, int]]:
         start = threading.Barrier(len(prompts))
 
         def call(prompt: str) -> tuple[str, int]:
             start.wait()
-            response = llm.complete(prompt, max_new_tokens=tokens)
+            response = model.complete(prompt, max_new_tokens=tokens)
             return response.text, _tokens(response)
 
         with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             return list(pool.map(call, prompts))
+
+    def threads() -> list[tuple[str, int]]:
+        return threads_on(llm)
 
     def tasks() -> list[tuple[str, int]]:
         async def gather() -> list[CompletionResponse]:
@@ -238,7 +242,11 @@ def _concurrent_runs(
 
         return [(r.text, _tokens(r)) for r in asyncio.run(gather())]
 
-    return runs | {"ours_threads": threads, "ours_tasks": tasks}
+    runs = runs | {"ours_threads": threads, "ours_tasks": tasks}
+    if unified is not None:
+        shared = unified
+        runs["unified_threads"] = lambda: threads_on(shared)
+    return runs
 
 
 def _median_ratio(rates: dict[str, list[float]], a: str, b: str) -> float | None:
@@ -275,9 +283,10 @@ def _concurrent_round(
             entry[name] = {"tps": statistics.median(values), "tokens": generated[name]}
     entry["threads_vs_sequential"] = _median_ratio(rates, "ours_threads", "ours_sequential")
     entry["tasks_vs_sequential"] = _median_ratio(rates, "ours_tasks", "ours_sequential")
+    entry["unified_vs_sequential"] = _median_ratio(rates, "unified_threads", "ours_sequential")
     entry["sequential_vs_raw"] = _median_ratio(rates, "ours_sequential", "raw_sequential")
     solo = texts.get("ours_sequential")
-    for name in ("ours_threads", "ours_tasks"):
+    for name in ("ours_threads", "ours_tasks", "unified_threads"):
         if solo and name in texts:
             same = sum(a == b for a, b in zip(texts[name], solo, strict=True))
             entry[f"{name}_same_text"] = f"{same}/{count}"
@@ -295,9 +304,11 @@ def bench_concurrent(
         prompts = [LONG_PROMPTS[i % len(LONG_PROMPTS)] for i in range(count)]
         loaded: dict[str, Any] = {}
         batched: LlamaCPP | None = None
+        unified: LlamaCPP | None = None
         with failures.guard(f"n_parallel={count}", loaded):
             batched = _ours(path, count, CONCURRENT_CONTEXT)
-        runs = _concurrent_runs(sequential, raw, batched, prompts, tokens)
+            unified = _ours(path, count, CONCURRENT_CONTEXT, kv_unified=True)
+        runs = _concurrent_runs(sequential, raw, batched, prompts, tokens, unified)
         entry = _concurrent_round(runs, count, repeats, failures)
         results[str(count)] = entry | loaded
         print(json.dumps(results[str(count)], default=str), file=sys.stderr)
@@ -662,12 +673,15 @@ def _concurrent_lines(results: dict[str, Any], tokens: int, repeats: int) -> lis
         f"the first call to the last answer; median of {repeats} interleaved repeats "
         "(alternating order), ratios are medians of per-repeat ratios. One after another: "
         "`n_parallel=1`; at once: one thread (or asyncio task) per request on "
-        "`n_parallel` = requests.",
+        "`n_parallel` = requests (a KV stream per sequence, the default); the last "
+        "contender is the same threads with `kv_unified=True` (one KV buffer for all "
+        "sequences: faster attention at short contexts, texts not independent of the batch).",
         "",
         "| requests | one after another, ours | one after another, raw `create_completion` "
         "| at once, threads | at once, asyncio | threads / one after another | target "
-        "| asyncio / one after another | same text as alone |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| asyncio / one after another | `kv_unified=True`, threads / one after another "
+        "| same text as alone |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for count, entry in results.items():
 
@@ -676,7 +690,7 @@ def _concurrent_lines(results: dict[str, Any], tokens: int, repeats: int) -> lis
 
         same = [
             entry[f"{name}_same_text"]
-            for name in ("ours_threads", "ours_tasks")
+            for name in ("ours_threads", "ours_tasks", "unified_threads")
             if f"{name}_same_text" in entry
         ]
         failed = entry.get(f"n_parallel={count}")
@@ -687,7 +701,8 @@ def _concurrent_lines(results: dict[str, Any], tokens: int, repeats: int) -> lis
             f"| {failed or _cell(entry, 'ours_tasks', tps)} "
             f"| {_ratio(entry.get('threads_vs_sequential'))} "
             f"| {f'>= {TARGET_BATCHING}' if count == '4' else ''} "
-            f"| {_ratio(entry.get('tasks_vs_sequential'))} | {' / '.join(same) or 'n/a'} |"
+            f"| {_ratio(entry.get('tasks_vs_sequential'))} "
+            f"| {_ratio(entry.get('unified_vs_sequential'))} | {' / '.join(same) or 'n/a'} |"
         )
     lines += [""]
     ratios = [

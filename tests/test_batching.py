@@ -463,6 +463,20 @@ def test_queue_options_need_a_batched_model(tiny_model_path: Path) -> None:
         _tiny(tiny_model_path, max_queue=3)
     with pytest.raises(ConfigurationError, match="saved_sessions_bytes is only used"):
         _tiny(tiny_model_path, saved_sessions_bytes=0)
+    with pytest.raises(ConfigurationError, match="kv_unified is only used"):
+        _tiny(tiny_model_path, kv_unified=True)
+
+
+def test_one_kv_buffer_for_all_slots_serves_them_too(
+    tiny_model_path: Path, solo_texts: dict[str, str]
+) -> None:
+    """kv_unified=True: the sequences share one KV buffer (n_parallel windows of cells);
+    each still gets its own answer and its own reuse."""
+    llm = _tiny(tiny_model_path, n_parallel=4, kv_unified=True, max_queue=13)
+    texts = _together([partial(_text, llm, p) for p in PROMPTS])
+    assert texts == [solo_texts[p] for p in PROMPTS]  # the tiny model's F32 kernels agree
+    again = llm.complete(PROMPTS[0] + " " + texts[0])
+    assert again.usage is not None and again.usage.cached_prompt_tokens > 0
 
 
 def test_server_backend_refuses_batching_options() -> None:

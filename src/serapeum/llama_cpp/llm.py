@@ -372,6 +372,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     max_sessions: int | None = field(default=None, validator=_check_count)
     max_queue: int | None = field(default=None, validator=_check_count)
     saved_sessions_bytes: int | None = field(default=None, validator=_check_count)
+    kv_unified: bool = field(default=False, validator=_check_flag)
     plugins: PluginHost | None = field(default=None, repr=False)
 
     _writer: PromptWriter = field(init=False, repr=False)
@@ -464,6 +465,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 "max_sessions": self.max_sessions is not None,
                 "max_queue": self.max_queue is not None,
                 "saved_sessions_bytes": self.saved_sessions_bytes is not None,
+                "kv_unified": self.kv_unified,
             }
             given_batching = [name for name, given in batching.items() if given]
             if given_batching:
@@ -499,6 +501,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             given = (
                 ("max_queue", self.max_queue),
                 ("saved_sessions_bytes", self.saved_sessions_bytes),
+                ("kv_unified", self.kv_unified or None),
             )
             unused = [name for name, value in given if value is not None]
             if unused:
@@ -513,6 +516,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             options["max_queue"] = self.max_queue
         if self.saved_sessions_bytes is not None:
             options["saved_sessions_bytes"] = self.saved_sessions_bytes
+        if self.kv_unified:
+            options["kv_unified"] = True
         return options
 
     def _model_file(self, host: PluginHost) -> Path:

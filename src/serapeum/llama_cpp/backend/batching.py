@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from serapeum.core.errors import ConfigurationError
-from serapeum.llama_cpp.backend.loading import SEQUENCES_OPTION, load_model
+from serapeum.llama_cpp.backend.loading import SEQUENCES_OPTION, UNIFIED_OPTION, load_model
 from serapeum.llama_cpp.backend.model import LlamaCppModel
 from serapeum.llama_cpp.backend.scheduler import BatchSettings
 
@@ -25,7 +25,13 @@ __all__ = [
     "load",
 ]
 
-BATCHING_OPTIONS = ("n_parallel", "max_sessions", "max_queue", "saved_sessions_bytes")
+BATCHING_OPTIONS = (
+    "n_parallel",
+    "max_sessions",
+    "max_queue",
+    "saved_sessions_bytes",
+    "kv_unified",
+)
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_SAVED_SESSIONS_BYTES = 512 * 2**20
 
@@ -39,15 +45,18 @@ def load(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
     max_sessions = int(options.pop("max_sessions", 0) or 0)
     max_queue = int(options.pop("max_queue", DEFAULT_MAX_QUEUE))
     saved_bytes = int(options.pop("saved_sessions_bytes", DEFAULT_SAVED_SESSIONS_BYTES))
+    unified = bool(options.pop("kv_unified", False))
     if n_parallel == 1 and not max_sessions:
         return load_model(path, options)
     n_ctx_seq = int(options.get("n_ctx") or 0)
     check_batching(n_parallel, n_ctx_seq)
     options["n_ctx"] = n_ctx_seq * n_parallel
     options[SEQUENCES_OPTION] = n_parallel
+    options[UNIFIED_OPTION] = unified
     model = load_model(path, options)
     # llama.cpp pads the context; a sequence never gets less than it was asked for, but
-    # the guard keeps to what it really has.
+    # the guard keeps to what it really has. (Unified: all n_parallel sequences fit at
+    # their longest, since the buffer is n_parallel windows.)
     actual = int(llama_cpp.llama_n_ctx_seq(model.llama.ctx))
     model.start_batching(
         BatchSettings(
@@ -55,7 +64,7 @@ def load(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
             max_sessions=max_sessions,
             n_ctx_seq=min(n_ctx_seq, actual),
             max_queue=max_queue,
-            saved_session_bytes=saved_bytes,
+            saved_sessions_bytes=saved_bytes,
         )
     )
     return model

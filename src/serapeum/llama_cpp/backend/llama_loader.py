@@ -77,15 +77,18 @@ def tokenize(vocab: Any, text: bytes, *, add_bos: bool, special: bool) -> list[i
     raise RuntimeError(f"llama_tokenize failed on a text of {len(text)} bytes")
 
 
-def new_llama(path: Path, options: Mapping[str, Any], *, sequences: int = 1) -> Any:
+def new_llama(
+    path: Path, options: Mapping[str, Any], *, sequences: int = 1, unified: bool = False
+) -> Any:
     """``llama_cpp.Llama(model_path=path, **options)`` that leaves the chat templates alone.
 
-    ``sequences`` > 1 makes a context for that many sequences, each in a KV stream of its
-    own (``n_ctx`` is split between them), for batched generation.
+    ``sequences`` > 1 makes a context for that many sequences, for batched generation: each
+    in a KV stream of its own (``n_ctx`` is split between them), or with ``unified`` all in
+    one buffer of ``n_ctx`` cells.
     """
     if sequences == 1:
         return _llama_class()(model_path=str(path), **options)
-    with _context_defaults(n_seq_max=sequences, kv_unified=False):
+    with _context_defaults(n_seq_max=sequences, kv_unified=unified):
         return _llama_class()(model_path=str(path), **options)
 
 

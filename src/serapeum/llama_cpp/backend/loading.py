@@ -18,8 +18,10 @@ from serapeum.llama_cpp.errors import ModelLoadError
 
 logger = logging.getLogger("serapeum.llama_cpp")
 
-# The number of sequences the context holds (``batching.py`` sets it for batched models).
+# The number of sequences the context holds, and whether they share one KV buffer
+# (``batching.py`` sets them for batched models).
 SEQUENCES_OPTION = "serapeum_sequences"
+UNIFIED_OPTION = "serapeum_kv_unified"
 
 # Set to 0 (or false/no/off) to skip the structured-output warm-up at load: it costs ~2 s of
 # one core, taken in steps while the process is otherwise idle, and ~110 MiB for
@@ -75,6 +77,7 @@ def load_model(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
         raise ConfigurationError("the llama-cpp backend needs a model file; give model_path")
     options = dict(options)
     sequences = int(options.pop(SEQUENCES_OPTION, 1))
+    unified = bool(options.pop(UNIFIED_OPTION, False))
     lora_path = options.pop("lora_path", None)
     lora_scale = float(options.pop("lora_scale", 1.0))
     n_ctx = options.get("n_ctx")
@@ -94,7 +97,7 @@ def load_model(path: Path | None, options: Mapping[str, Any]) -> LlamaCppModel:
     options.setdefault("n_threads_batch", usable_cpus())
     native_log.install()
     try:
-        llama = new_llama(path, options, sequences=sequences)
+        llama = new_llama(path, options, sequences=sequences, unified=unified)
     except MemoryError as exc:
         raise ModelLoadError(
             f"not enough memory to load {str(path)!r} with these options (n_ctx, n_batch); "

@@ -62,7 +62,7 @@ class BatchSettings:
     tokens in sequences of their own; ``n_ctx_seq`` is one sequence's context (the
     engine's ``context_window``); ``max_queue`` requests may wait for a slot;
     ``prefill_chunk`` prompt tokens are evaluated per step while others generate;
-    evicted sessions' KV is kept in up to ``saved_session_bytes`` of RAM (0: dropped).
+    evicted sessions' KV is kept in up to ``saved_sessions_bytes`` of RAM (0: dropped).
     """
 
     n_parallel: int
@@ -70,7 +70,7 @@ class BatchSettings:
     n_ctx_seq: int
     max_queue: int = 64
     prefill_chunk: int = 256
-    saved_session_bytes: int = 512 * 2**20
+    saved_sessions_bytes: int = 512 * 2**20
 
 
 class Ticket:
@@ -160,8 +160,8 @@ class BatchScheduler:
         self._n_swa = int(lib.llama_model_n_swa(llama.model))
         self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
         copier = (
-            KvCopier(save=self._copy_out, load=self._copy_in, budget=settings.saved_session_bytes)
-            if settings.saved_session_bytes
+            KvCopier(save=self._copy_out, load=self._copy_in, budget=settings.saved_sessions_bytes)
+            if settings.saved_sessions_bytes
             else None
         )
         self._table = SequenceTable(settings.n_parallel, settings.max_sessions, self._clear, copier)
@@ -331,7 +331,7 @@ class BatchScheduler:
         import llama_cpp as lib
 
         size = int(lib.llama_state_seq_get_size(self._ctx, seq_id))
-        if size <= 0 or size > self._settings.saved_session_bytes:
+        if size <= 0 or size > self._settings.saved_sessions_bytes:
             return None
         buffer = (ctypes.c_uint8 * size)()
         written = int(lib.llama_state_seq_get_data(self._ctx, buffer, size, seq_id))

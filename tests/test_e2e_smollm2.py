@@ -68,9 +68,7 @@ def test_second_turn_reuses_the_first_and_knows_its_context(smollm: LlamaCPP) ->
     assert "Berlin" in second.message.content, second.message.content
     assert second.usage is not None
     # the first turn, its answer included, is not evaluated again
-    assert second.usage.cached_prompt_tokens >= smollm.count_tokens(
-        smollm.format_messages(first)
-    )
+    assert second.usage.cached_prompt_tokens >= smollm.count_tokens(smollm.format_messages(first))
 
 
 @pytest.mark.parametrize(

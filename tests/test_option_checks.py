@@ -349,7 +349,7 @@ def test_lone_surrogates_are_refused_with_their_index(held: LlamaCPP) -> None:
     )
 
 
-def test_chat_needs_message_objects(held: LlamaCPP) -> None:
+def test_chat_needs_messages_or_openai_style_dicts(held: LlamaCPP) -> None:
     _refused(
         ConfigurationError,
         r"messages\[0\] must be a serapeum Message",
@@ -359,8 +359,8 @@ def test_chat_needs_message_objects(held: LlamaCPP) -> None:
     _refused(ConfigurationError, "messages must be a list", lambda: held.chat(Message.user("x")))
     _refused(
         ConfigurationError,
-        r"messages\[0\] must be a serapeum Message",
-        lambda: held.chat([{"role": "user", "content": "hi"}]),
+        r"messages\[0\] has the unknown role",
+        lambda: held.chat([{"role": "wizard", "content": "hi"}]),
     )
     with pytest.raises(ConfigurationError, match="must be a serapeum Message"):
         asyncio.run(held.achat(["hello"]))

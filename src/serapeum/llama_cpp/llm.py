@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, Unpack, overload
 
-from attrs import define, evolve, field
+from attrs import Attribute, define, evolve, field, setters
 
 from serapeum.core.cancellation import CancelToken
 from serapeum.core.errors import (
@@ -30,8 +30,10 @@ from serapeum.core.llms import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     CompletionToChatMixin,
-    Message,
+    GenerationOptions,
+    MessageLike,
     Metadata,
+    as_messages,
 )
 from serapeum.core.llms.thread_bridge import Worker, iterate_in_thread, run_in_thread
 from serapeum.core.llms.types import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
@@ -329,12 +331,32 @@ def _linked(request: GenerationRequest, cancel: CancelToken) -> Iterator[Generat
         undo_callers()
 
 
+def _rewrite_prompts(instance: LlamaCPP, attribute: Attribute[Any], value: Any) -> Any:
+    """After construction, a new prompt setting takes effect: the prompt writer is rebuilt.
+
+    Runs before the value is stored, so a setting that cannot write prompts raises and
+    leaves the instance as it was.
+    """
+    instance._rebuild_writer(**{attribute.name: value})
+    return value
+
+
+# The prompt settings: checked as at construction, then the writer follows them.
+_PROMPT_SETTING = setters.pipe(setters.convert, setters.validate, _rewrite_prompts)
+
+
 @define(kw_only=True, eq=False)
 class LlamaCPP(CompletionToChatMixin, LLM):
     """A GGUF model run by llama.cpp, with the prompt format of its family.
 
     The model is resolved by a source plugin and loaded at construction; instances
     with the same model file and load options share one loaded model (and its lock).
+
+    The prompt settings (``formatter``, ``messages_to_prompt``, ``completion_to_prompt``,
+    ``system_prompt``) may be changed after construction: the next prompt follows them,
+    stop markers included; a setting that cannot write prompts is refused and changes
+    nothing. ``chat`` takes ``Message`` objects or OpenAI-style dicts; every call takes
+    the keyword options of ``GenerationOptions``.
     """
 
     model_path: str | None = None
@@ -357,13 +379,15 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     model_kwargs: dict[str, Any] = field(factory=dict, converter=_model_kwargs)
     generate_kwargs: dict[str, Any] = field(factory=dict, converter=_generate_kwargs)
     messages_to_prompt: Callable[..., str] | None = field(
-        default=None, validator=_check_optional_callable
+        default=None, validator=_check_optional_callable, on_setattr=_PROMPT_SETTING
     )
     completion_to_prompt: Callable[..., str] | None = field(
-        default=None, validator=_check_optional_callable
+        default=None, validator=_check_optional_callable, on_setattr=_PROMPT_SETTING
     )
-    formatter: str | PromptFormatter | None = None
-    system_prompt: str | None = field(default=None, validator=_check_system_prompt)
+    formatter: str | PromptFormatter | None = field(default=None, on_setattr=_PROMPT_SETTING)
+    system_prompt: str | None = field(
+        default=None, validator=_check_system_prompt, on_setattr=_PROMPT_SETTING
+    )
     server_urls: list[str] | None = field(default=None, converter=_server_urls)
     api_key: str | None = field(default=None, repr=False, validator=_check_api_key)
     backend: str | None = field(default=None, validator=_check_backend)
@@ -380,9 +404,14 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     _resolved_path: Path | None = field(init=False, repr=False, default=None)
     _context_limit: int = field(init=False, repr=False)
     _formatter_reason: str = field(init=False, repr=False, default="")
+    _host: PluginHost = field(init=False, repr=False)
+    # The formatter recognised from the model, kept for a later change of the prompt settings.
+    _detected: PromptFormatter | None = field(init=False, repr=False, default=None)
+    _detected_reason: str = field(init=False, repr=False, default="")
 
     def __attrs_post_init__(self) -> None:
         host = self.plugins if self.plugins is not None else get_plugin_host()
+        self._host = host
         # Everything that can be checked without the disk (or the network) is checked first.
         backend = self._backend_entry(host)
         self._check_generate_kwargs(self.generate_kwargs)
@@ -425,8 +454,9 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if self.model_path is None and path is not None:
             self.model_path = str(path)
         if not explicit:
-            detected, self._formatter_reason = detect_formatter(self._model.info, host)
-            self._writer = self._prompt_writer(detected, host)
+            self._detected, self._detected_reason = detect_formatter(self._model.info, host)
+            self._formatter_reason = self._detected_reason
+            self._writer = self._prompt_writer(self._detected, host)
         # generate_kwargs are every call's options: check them all now (ranges, vocabulary
         # bounds, schemas), not at the first call.
         self._build_request(" ", True, {})
@@ -545,14 +575,55 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         return backend.load(path, options)
 
     def _prompt_writer(
-        self, formatter: str | PromptFormatter | None, host: PluginHost
+        self, formatter: str | PromptFormatter | None, host: PluginHost, **changes: Any
     ) -> PromptWriter:
+        """The writer for ``formatter`` and the prompt settings, with ``changes`` applied."""
+        settings = {
+            "messages_to_prompt": self.messages_to_prompt,
+            "completion_to_prompt": self.completion_to_prompt,
+            "system_prompt": self.system_prompt,
+            **changes,
+        }
         return build_prompt_writer(
             formatter=formatter,
-            messages_to_prompt=self.messages_to_prompt,
-            completion_to_prompt=self.completion_to_prompt,
-            system_prompt=self.system_prompt,
+            messages_to_prompt=settings["messages_to_prompt"],
+            completion_to_prompt=settings["completion_to_prompt"],
+            system_prompt=settings["system_prompt"],
             plugins=host,
+        )
+
+    def _rebuild_writer(self, **changes: Any) -> None:
+        """Write prompts as the settings say once ``changes`` (one prompt setting) apply.
+
+        With no explicit choice left (formatter and both functions None) the model's own
+        format is used, as at construction. Stop markers follow the new formatter.
+        """
+        settings: dict[str, Any] = {
+            "formatter": self.formatter,
+            "messages_to_prompt": self.messages_to_prompt,
+            "completion_to_prompt": self.completion_to_prompt,
+            **changes,
+        }
+        formatter = settings.pop("formatter")
+        if explicit_choice(
+            formatter, settings["messages_to_prompt"], settings["completion_to_prompt"]
+        ):
+            writer = self._prompt_writer(formatter, self._host, **settings)
+            reason = "chosen by the caller"
+        else:
+            if self._detected is None:
+                self._detected, self._detected_reason = detect_formatter(
+                    self._model.info, self._host
+                )
+            writer = self._prompt_writer(self._detected, self._host, **settings)
+            reason = self._detected_reason
+        self._writer = writer
+        self._formatter_reason = reason
+        logger.info(
+            "%s: prompt format now %r, %s",
+            self._model.name,
+            writer.formatter_name or "functions",
+            reason,
         )
 
     def _progress_setting(self) -> bool | Callable[[int, int], None] | None:
@@ -562,8 +633,15 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         return True if self.verbose else None
 
     # -- information ----------------------------------------------------------------
+    @classmethod
+    def class_name(cls) -> str:
+        """``"LlamaCPP"``: the name the seed's serialisation and tests use for this class."""
+        return "LlamaCPP"
+
     @property
     def metadata(self) -> Metadata:
+        """Context window (as enforced), ``max_new_tokens``, the model's name; not chat-native
+        (chat is written in the model's prompt format and completed)."""
         return Metadata(
             context_window=self._context_limit,
             num_output=self.max_new_tokens,
@@ -596,13 +674,21 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         return self._model.tokenize(text)
 
     def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes as a prompt (BOS included)."""
         return len(self.tokenize(text))
 
     # -- prompt writing -------------------------------------------------------------
-    def format_messages(self, messages: Sequence[Message]) -> str:
-        return self._writer.messages(messages)
+    def format_messages(self, messages: Sequence[MessageLike]) -> str:
+        """The prompt ``chat`` would send for ``messages``, in the model's format.
+
+        Takes ``Message`` objects or OpenAI-style dicts, as ``chat`` does; ``system_prompt``
+        applies when no system message leads.
+        """
+        return self._writer.messages(as_messages(messages))
 
     def format_completion(self, prompt: str) -> str:
+        """The prompt ``complete`` would send for ``prompt`` (one user turn, in the model's
+        format, with ``system_prompt``)."""
         return self._writer.completion(prompt)
 
     # -- requests -------------------------------------------------------------------
@@ -636,7 +722,8 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         self._check_generate_kwargs(per_call)
         settings.update(per_call)
 
-        text = prompt if formatted else self.format_completion(prompt)
+        writer = self._writer  # one writer for the prompt and its stop markers
+        text = prompt if formatted else writer.completion(prompt)
         _check_text(text, "the formatted prompt")
         tokens = self._model.tokenize(text)
         n_ctx = self._context_limit
@@ -648,7 +735,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
                 prompt_tokens=len(tokens),
                 context_window=n_ctx,
             )
-        stop = list(dict.fromkeys([*_stop_list(settings["stop"]), *self._writer.stop]))
+        stop = list(dict.fromkeys([*_stop_list(settings["stop"]), *writer.stop]))
         options = {k: val for k, val in settings.items() if k not in _SAMPLING_FIELDS}
         cancel = settings.get("cancel")
         _check_cancel(cancel)
@@ -668,21 +755,39 @@ class LlamaCPP(CompletionToChatMixin, LLM):
     # -- completion -----------------------------------------------------------------
     @overload
     def complete(
-        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = ...,
+        *,
+        stream: Literal[False] = ...,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse: ...
 
     @overload
     def complete(
-        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = ...,
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponseGen: ...
 
     def complete(
-        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse | CompletionResponseGen:
         """Complete ``prompt`` (written in the model's format unless ``formatted``).
 
-        Keyword arguments override ``generate_kwargs`` and the instance's settings for
-        this call only; ``cancel=CancelToken()`` lets another thread stop generation
+        Keyword options (``GenerationOptions``: ``temperature``, ``max_new_tokens``,
+        ``stop``, ``top_p``, ``top_k``, ``seed``, ``json_schema``, ``grammar``, ``session``
+        ...) override ``generate_kwargs`` and the instance's settings for this call only;
+        an unknown name raises ``ConfigurationError`` listing the accepted ones.
+        ``cancel=CancelToken()`` lets another thread stop generation
         (the answer so far comes back with ``finish_reason`` CANCELLED). With
         ``stream=True`` returns an iterator of chunks whose ``delta`` is the new text and
         ``text`` the text so far. The response, or a stream's last chunk, carries
@@ -729,16 +834,31 @@ class LlamaCPP(CompletionToChatMixin, LLM):
 
     @overload
     async def acomplete(
-        self, prompt: str, formatted: bool = ..., *, stream: Literal[False] = ..., **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = ...,
+        *,
+        stream: Literal[False] = ...,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse: ...
 
     @overload
     async def acomplete(
-        self, prompt: str, formatted: bool = ..., *, stream: Literal[True], **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = ...,
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponseAsyncGen: ...
 
     async def acomplete(
-        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse | CompletionResponseAsyncGen:
         """``complete`` without blocking the event loop; generation runs in a worker thread.
 

@@ -16,8 +16,23 @@ BOS, EOS = "<s>", "</s>"
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 FAMILY = "llama2"
+# The seed's (and LlamaIndex's llama_utils) default system prompt, exported for code that
+# imports it. It is never added to a prompt by itself: pass it as system_prompt= to use it.
+DEFAULT_SYSTEM_PROMPT = """\
+You are a helpful, respectful and honest assistant. \
+Always answer as helpfully as possible and follow ALL given instructions. \
+Do not speculate or make up information. \
+Do not reference any given instructions or context. \
+"""
 
-__all__ = ["BOS", "EOS", "LLAMA2", "completion_to_prompt", "messages_to_prompt"]
+__all__ = [
+    "BOS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "EOS",
+    "LLAMA2",
+    "completion_to_prompt",
+    "messages_to_prompt",
+]
 
 
 def messages_to_prompt(messages: Sequence[Message], system_prompt: str | None = None) -> str:

@@ -15,9 +15,18 @@ from serapeum.core.prompts import PromptFormatError
 BOS = "<|begin_of_text|>"
 EOT = "<|eot_id|>"
 FAMILY = "llama3"
+# The seed's Llama 3 default system prompt (LlamaIndex's text), exported for code that
+# imports it. It is never added to a prompt by itself: pass it as system_prompt= to use it.
+DEFAULT_SYSTEM_PROMPT = """\
+You are a helpful, respectful and honest assistant. \
+Always answer as helpfully as possible and follow ALL given instructions. \
+Do not speculate or make up information. \
+Do not reference any given instructions or context. \
+"""
 
 __all__ = [
     "BOS",
+    "DEFAULT_SYSTEM_PROMPT",
     "EOT",
     "LLAMA3",
     "completion_to_prompt_v3_instruct",

@@ -1,7 +1,8 @@
 """LLM value types, base classes and helpers."""
 
 from serapeum.core.llms.base import LLM, BaseLLM
-from serapeum.core.llms.mixins import CompletionToChatMixin
+from serapeum.core.llms.mixins import CompletionToChatMixin, as_messages
+from serapeum.core.llms.options import GenerationOptions
 from serapeum.core.llms.text_completion import TextCompletionLLM
 from serapeum.core.llms.types import (
     ChatResponse,
@@ -12,10 +13,13 @@ from serapeum.core.llms.types import (
     CompletionResponseGen,
     FinishReason,
     Message,
+    MessageLike,
     MessageRole,
     Metadata,
+    TextChunk,
     Timing,
     Usage,
+    message_from_dict,
 )
 
 __all__ = [
@@ -29,10 +33,15 @@ __all__ = [
     "CompletionResponseGen",
     "CompletionToChatMixin",
     "FinishReason",
+    "GenerationOptions",
     "Message",
+    "MessageLike",
     "MessageRole",
     "Metadata",
+    "TextChunk",
     "TextCompletionLLM",
     "Timing",
     "Usage",
+    "as_messages",
+    "message_from_dict",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, Literal, Protocol, cast, overload
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, Unpack, cast, overload
 
 from serapeum.core.errors import ArgumentTypeError, ConfigurationError
+from serapeum.core.llms.options import GenerationOptions
 from serapeum.core.llms.types import (
     ChatResponse,
     ChatResponseAsyncGen,
@@ -14,22 +15,34 @@ from serapeum.core.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     Message,
+    MessageLike,
     MessageRole,
+    message_from_dict,
 )
 from serapeum.core.shown import shown
 
-__all__ = ["CompletionToChatMixin", "check_messages"]
+__all__ = ["CompletionToChatMixin", "as_messages", "check_messages"]
 
 
 class _CompletingLLM(Protocol):
-    def format_messages(self, messages: Sequence[Message]) -> str: ...
+    def format_messages(self, messages: Sequence[MessageLike]) -> str: ...
 
     def complete(
-        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse | CompletionResponseGen: ...
 
     async def acomplete(
-        self, prompt: str, formatted: bool = False, *, stream: bool = False, **kwargs: Any
+        self,
+        prompt: str,
+        formatted: bool = False,
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> CompletionResponse | CompletionResponseAsyncGen: ...
 
 
@@ -66,22 +79,29 @@ async def _achat_stream(completions: CompletionResponseAsyncGen) -> ChatResponse
             await aclose()
 
 
-def check_messages(messages: Any) -> None:
-    """Refuse, with a message that says what to pass, anything but a list of ``Message``.
+def as_messages(messages: Any) -> list[Message]:
+    """``messages`` as a list of ``Message``: Message objects and OpenAI-style dicts, mixed.
 
-    Also refuses message text with an unpaired surrogate (UTF-8 cannot encode it, so no
-    tokenizer can take it), naming the message and the index.
+    A dict is ``{"role": "system" | "user" | "assistant", "content": str | [text parts]}``
+    (see ``message_from_dict``). Anything else is refused with an error naming the index
+    and what is wrong; so is text with an unpaired surrogate (UTF-8 cannot encode it, so
+    no tokenizer can take it).
     """
-    if isinstance(messages, str | bytes | Message) or not isinstance(messages, Sequence):
+    if isinstance(messages, str | bytes | Message | Mapping) or not isinstance(messages, Sequence):
         raise ArgumentTypeError(
-            "messages must be a list of serapeum Message objects, e.g. "
-            f"[Message.user('hello')]; got {type(messages).__name__} {shown(messages)}"
+            "messages must be a list of serapeum Message objects or OpenAI-style dicts, e.g. "
+            "[Message.user('hello')] or [{'role': 'user', 'content': 'hello'}]; got "
+            f"{type(messages).__name__} {shown(messages)}"
         )
+    checked: list[Message] = []
     for index, message in enumerate(messages):
-        if not isinstance(message, Message):
+        if isinstance(message, Mapping):
+            message = message_from_dict(message, where=f"messages[{index}]")
+        elif not isinstance(message, Message):
             raise ArgumentTypeError(
                 f"messages[{index}] must be a serapeum Message, e.g. Message.user('hello') or "
-                f"Message(role='user', content='hello'); got {type(message).__name__} "
+                "Message(role='user', content='hello'), or an OpenAI-style dict "
+                f"{{'role': 'user', 'content': 'hello'}}; got {type(message).__name__} "
                 f"{shown(message)}"
             )
         try:
@@ -92,6 +112,13 @@ def check_messages(messages: Any) -> None:
                 f"{message.content[exc.start]!r} at index {exc.start}, which is not text UTF-8 "
                 "can encode; remove it or decode the source bytes with errors='replace'"
             ) from None
+        checked.append(message)
+    return checked
+
+
+def check_messages(messages: Any) -> None:
+    """Refuse, with a message that says what to pass, anything ``as_messages`` refuses."""
+    as_messages(messages)
 
 
 class CompletionToChatMixin:
@@ -100,21 +127,39 @@ class CompletionToChatMixin:
     @overload
     def chat(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[MessageLike],
         *,
         stream: Literal[False] = ...,
-        **kwargs: Any,
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponse: ...
 
     @overload
     def chat(
-        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponseGen: ...
 
     def chat(
-        self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponse | ChatResponseGen:
-        check_messages(messages)
+        """Answer the conversation ``messages`` as the assistant.
+
+        ``messages`` are ``Message`` objects or OpenAI-style dicts
+        (``{"role": "user", "content": "hi"}``), mixed freely; they are written in the
+        model's prompt format (``format_messages``) and completed. Keyword options
+        (``GenerationOptions``: ``temperature``, ``max_new_tokens``, ``stop``, ``seed``,
+        ``json_schema``, ``cancel`` ...) apply to this call only. With ``stream=True``
+        returns an iterator of ``ChatResponse`` chunks (``delta`` the new text); closing it
+        stops generation.
+        """
+        messages = as_messages(messages)
         llm = cast(_CompletingLLM, self)
         prompt = llm.format_messages(messages)
         if stream:
@@ -128,21 +173,34 @@ class CompletionToChatMixin:
     @overload
     async def achat(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[MessageLike],
         *,
         stream: Literal[False] = ...,
-        **kwargs: Any,
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponse: ...
 
     @overload
     async def achat(
-        self, messages: Sequence[Message], *, stream: Literal[True], **kwargs: Any
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        stream: Literal[True],
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponseAsyncGen: ...
 
     async def achat(
-        self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any
+        self,
+        messages: Sequence[MessageLike],
+        *,
+        stream: bool = False,
+        **kwargs: Unpack[GenerationOptions],
     ) -> ChatResponse | ChatResponseAsyncGen:
-        check_messages(messages)
+        """``chat`` without blocking the event loop; takes the same messages and options.
+
+        With ``stream=True`` returns an async iterator of ``ChatResponse`` chunks;
+        ``break``, ``aclose()`` or cancelling the task stops generation.
+        """
+        messages = as_messages(messages)
         llm = cast(_CompletingLLM, self)
         prompt = llm.format_messages(messages)
         if stream:

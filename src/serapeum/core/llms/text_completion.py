@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
@@ -39,11 +40,34 @@ def parser_for(output_cls: type[Any]) -> BaseOutputParser[Any]:
     )
 
 
+BRACES_HINT = (
+    "literal braces (JSON examples, code) must be doubled in a str.format template: "
+    'write {{"name": "Ada"}} to get {"name": "Ada"}'
+)
+
+
+def _looks_like_literal_text(name: str) -> bool:
+    """A field no one would name so: empty or a number (positional), quotes, a colon, spaces
+    or a newline (JSON or code written with single braces)."""
+    return not name or name.isdigit() or any(ch in name for ch in "\"': \n\t{}")
+
+
 def _template_fields(template: str) -> set[str]:
+    """The keyword names the template needs (``{a.b}`` and ``{a[0]}`` need ``a``)."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        return {
+            re.split(r"[.\[]", name, maxsplit=1)[0] if _is_name_path(name) else name
+            for _, name, _, _ in string.Formatter().parse(template)
+            if name is not None
+        }
     except ValueError as exc:
-        raise ConfigurationError(f"prompt is not a valid str.format template: {exc}") from exc
+        raise ConfigurationError(
+            f"prompt is not a valid str.format template: {exc}; {BRACES_HINT}"
+        ) from exc
+
+
+def _is_name_path(name: str) -> bool:
+    return re.match(r"[A-Za-z_]\w*[.\[]", name) is not None
 
 
 @define
@@ -89,15 +113,20 @@ class TextCompletionLLM(Generic[T]):
 
     @property
     def parser(self) -> BaseOutputParser[T]:
+        """The output parser in use (given, or chosen for ``output_cls``)."""
         return self._parser
 
     def _prompt_text(self, values: Mapping[str, Any]) -> str:
         missing = sorted(_template_fields(self.prompt) - set(values))
         if missing:
-            raise ConfigurationError(
-                f"the prompt template needs {', '.join(missing)}: call with "
-                + ", ".join(f"{name}=..." for name in missing)
-            )
+            names = [name for name in missing if not _looks_like_literal_text(name)]
+            literal = [name for name in missing if _looks_like_literal_text(name)]
+            message = f"the prompt template needs {', '.join(name or '{}' for name in missing)}"
+            if names:
+                message += ": call with " + ", ".join(f"{name}=..." for name in names)
+            if literal:
+                message += f" ({'{' + literal[0] + '}'} looks like literal text: {BRACES_HINT})"
+            raise ConfigurationError(message)
         return self._parser.format(self.prompt.format(**values))
 
     def _llm_kwargs(self, llm: BaseLLM, llm_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -108,6 +137,13 @@ class TextCompletionLLM(Generic[T]):
         return kwargs
 
     def __call__(self, llm_kwargs: Mapping[str, Any] | None = None, **values: Any) -> T:
+        """Fill the prompt with ``values``, ask the LLM, return the parsed answer.
+
+        ``llm_kwargs`` are generation options for the LLM (``GenerationOptions``); a chat
+        model is asked through ``chat``, a completion model through ``complete``. Raises
+        ``ConfigurationError`` when a placeholder has no value, ``OutputParserError`` when
+        the answer does not parse.
+        """
         llm = self.llm
         assert llm is not None
         text = self._prompt_text(values)
@@ -121,6 +157,7 @@ class TextCompletionLLM(Generic[T]):
         return self._parser.parse(completion.text)
 
     async def acall(self, llm_kwargs: Mapping[str, Any] | None = None, **values: Any) -> T:
+        """``__call__`` without blocking the event loop."""
         llm = self.llm
         assert llm is not None
         text = self._prompt_text(values)

@@ -11,7 +11,19 @@ E_INST = _impl.E_INST
 B_SYS = _impl.B_SYS
 E_SYS = _impl.E_SYS
 LLAMA2 = _impl.LLAMA2
+DEFAULT_SYSTEM_PROMPT: str = _impl.DEFAULT_SYSTEM_PROMPT
 messages_to_prompt = _impl.messages_to_prompt
 completion_to_prompt = _impl.completion_to_prompt
 
-__all__ = ["LLAMA2", "completion_to_prompt", "messages_to_prompt"]
+__all__ = [
+    "BOS",
+    "B_INST",
+    "B_SYS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "EOS",
+    "E_INST",
+    "E_SYS",
+    "LLAMA2",
+    "completion_to_prompt",
+    "messages_to_prompt",
+]

@@ -7,7 +7,15 @@ _impl = import_formatter_module("serapeum_formatters_llama.llama3", "serapeum-fo
 BOS = _impl.BOS
 EOT = _impl.EOT
 LLAMA3 = _impl.LLAMA3
+DEFAULT_SYSTEM_PROMPT: str = _impl.DEFAULT_SYSTEM_PROMPT
 messages_to_prompt_v3_instruct = _impl.messages_to_prompt_v3_instruct
 completion_to_prompt_v3_instruct = _impl.completion_to_prompt_v3_instruct
 
-__all__ = ["LLAMA3", "completion_to_prompt_v3_instruct", "messages_to_prompt_v3_instruct"]
+__all__ = [
+    "BOS",
+    "DEFAULT_SYSTEM_PROMPT",
+    "EOT",
+    "LLAMA3",
+    "completion_to_prompt_v3_instruct",
+    "messages_to_prompt_v3_instruct",
+]

@@ -213,3 +213,50 @@ def test_load_plugins_is_an_allow_list_and_empty_means_none(
     nothing.load_entry_points()
     assert nothing.formatters.names() == [] and nothing.backends.names() == ["llama-cpp"]
     assert all(s.reason == "not listed in SERAPEUM_LOAD_PLUGINS" for s in nothing.skipped)
+
+
+def _docs_blocks(language: str) -> list[str]:
+    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    return [
+        block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language)
+    ]
+
+
+USE_ZEPHYR = """
+from serapeum.core.plugins import PluginHost
+
+host = PluginHost(strict=True)
+host.load_entry_points()
+entry = host.formatters.entry("zephyr-beta")
+print(entry.distribution, entry.item.render_completion("Hi"))
+"""
+
+
+def test_the_guide_s_pyproject_installs_a_working_plugin(tmp_path: Path) -> None:
+    """docs/plugins.md's whole pyproject.toml and formatter code, built and installed by pip."""
+    [pyproject] = [b for b in _docs_blocks("toml") if b.startswith("[build-system]")]
+    module = _docs_blocks("python")[0]  # the formatter plugin
+    project = tmp_path / "serapeum-formatters-zephyr"
+    package = project / "src" / "serapeum_formatters_zephyr"
+    package.mkdir(parents=True)
+    (project / "pyproject.toml").write_text(pyproject)
+    (package / "__init__.py").write_text(module)
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"),
+            *("--no-build-isolation", "--target", str(target), str(project)),
+        ],
+        check=True,
+        timeout=300,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", USE_ZEPHYR],
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n", 1)[0] == "serapeum-formatters-zephyr <|user|>"

@@ -20,6 +20,9 @@ BACKEND = "serapeum.llama_cpp.backend"
 BACKEND_INTERNALS_ALLOWED = {
     # The checked load runs the backend's own loader in a child process to probe a file.
     "serapeum.llama_cpp.checked_load",
+    # The conformance kit reads a family's real vocabulary (vocab_only, no weights) with
+    # llama.cpp's tokenizer; the seam serves loaded models, not vocabularies.
+    "serapeum.llama_cpp.testing.conformance",
 }
 
 

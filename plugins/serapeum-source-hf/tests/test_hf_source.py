@@ -357,3 +357,18 @@ def test_passes_the_conformance_kit(hub_env, repo, tiny_bytes: bytes) -> None:
 
     path = check_source(HF_SOURCE, request("tiny-Q4_K_M.gguf"))
     assert path.read_bytes() == tiny_bytes
+
+
+@pytest.mark.parametrize("progress", [True, False, None])
+def test_progress_into_a_log_is_one_line_per_downloaded_file(
+    hub_env, repo, capsys: pytest.CaptureFixture[str], progress: bool | None
+) -> None:
+    """stderr here is pytest's capture, not a terminal: no bars, one line when asked for."""
+    download_gguf(REPO, "tiny-Q4_K_M.gguf", progress=progress)
+    stderr = capsys.readouterr().err
+    if progress:
+        assert stderr.splitlines() == [f"downloaded {REPO}/tiny-Q4_K_M.gguf: 0.6 MiB"]
+    else:
+        assert stderr == ""
+    download_gguf(REPO, "tiny-Q4_K_M.gguf", progress=progress)  # from the cache: nothing
+    assert capsys.readouterr().err == ""

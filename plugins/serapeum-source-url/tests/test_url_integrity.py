@@ -442,7 +442,7 @@ def test_a_refused_connection_is_tried_twice_not_for_minutes(cache_root: Path) -
     settings = DownloadSettings(retries=4, backoff_seconds=0.01)
     with pytest.raises(DownloadError, match="after 2 attempts") as caught:
         download_model(url, cached_path(url), settings=settings)
-    assert "could not connect" in str(caught.value)
+    assert str(caught.value).count("connection refused") == 1  # both attempts, said once
 
 
 def test_a_tls_failure_is_not_retried(

@@ -48,6 +48,7 @@ from serapeum_source_hf.errors import (
     HfRevisionNotFoundError,
     HfSourceError,
 )
+from serapeum_source_hf.progress import bars, final_line
 from serapeum_source_hf.verify import (
     Added,
     CacheState,
@@ -292,8 +293,12 @@ def download_gguf(
     *,
     sha256: str | None = None,
     verify: Callable[[Path], None] | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Download the GGUF ``pattern`` names (every shard of a split model) and return its path.
+
+    ``progress``: None shows the hub's bars on a terminal only; False shows nothing; True
+    shows them on a terminal, and otherwise (a log file) one line per file downloaded.
 
     For split models the first shard's path is returned; llama.cpp finds the others
     next to it, which is why the snapshot path (not the blob it links to) is kept.
@@ -306,7 +311,9 @@ def download_gguf(
     for shard in split_shards(filename):
         state = CacheState.before(repo_id, shard)
         try:
-            pointer = Path(hf_hub_download(repo_id, shard, revision=revision))
+            pointer = Path(
+                hf_hub_download(repo_id, shard, revision=revision, tqdm_class=bars(progress))
+            )
         except DOWNLOAD_ERRORS as error:
             _take_back(added)
             raise _translate(error, repo_id, shard, revision) from error
@@ -314,6 +321,8 @@ def download_gguf(
             _take_back(added)
             raise _cache_error(error, repo_id, shard, revision) from error
         added.append(state.added(pointer))
+        if progress and added[-1].blob and added[-1].blob_path is not None:
+            final_line(f"{repo_id}/{shard}", added[-1].blob_path)
     try:
         _check(added, repo_id, filename, revision, sha256, verify)
     except SerapeumError:
@@ -393,6 +402,7 @@ def _resolve(request: ModelRequest) -> Path:
         request.hf_revision,
         sha256=request.options.get("sha256"),
         verify=request.verify_file,
+        progress=request.options.get("progress"),
     )
 
 

@@ -45,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -132,7 +133,14 @@ MAX_INFLATION = 100
 
 
 class _Transient(Exception):
-    """A failure worth retrying (and resuming): dropped connection, timeout, 5xx."""
+    """A failure worth retrying (and resuming): dropped connection, timeout, 5xx.
+
+    ``hint`` says what the user should check when every attempt failed this way.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class _Unreachable(_Transient):
@@ -255,25 +263,76 @@ def _fetch_with_retries(
     session: requests.Session,
     progress: bool | ProgressCallback | None,
 ) -> None:
-    failures: list[str] = []
+    failures: list[_Transient] = []
     unreachable = 0
     for attempt in range(settings.retries + 1):
         try:
             _fetch(url, part, settings, session, progress)
             return
         except _Transient as exc:
-            failures.append(str(exc))
+            failures.append(exc)
             unreachable = unreachable + 1 if isinstance(exc, _Unreachable) else 0
             if unreachable >= CONNECT_ATTEMPTS:
                 break
             if attempt < settings.retries:
                 time.sleep(settings.backoff_seconds * 2**attempt)
-    raise DownloadError(
-        f"could not download {redact_url(url)} after {len(failures)} attempts "
-        f"({'; '.join(failures)}). Check the URL and your connection; run again to resume "
-        "from the bytes already received",
-        url=url,
+    raise DownloadError(_retries_message(url, failures, part_size(part)), url=url)
+
+
+def _retries_message(url: str, failures: list[_Transient], have: int) -> str:
+    """One message for all attempts: each distinct reason once, then what to check."""
+    reasons: dict[str, int] = {}
+    for failure in failures:
+        reasons[str(failure)] = reasons.get(str(failure), 0) + 1
+    if len(reasons) == 1:
+        said = next(iter(reasons))
+    else:
+        said = "; ".join(f"{reason} ({_times(n)})" for reason, n in reasons.items())
+    hint = failures[-1].hint or "check the URL and your connection"
+    resume = "; run again to resume from the bytes already received" if have else ""
+    return (
+        f"could not download {redact_url(url)} after {_attempts(len(failures))}: {said}. "
+        f"{hint[0].upper()}{hint[1:]}{resume}"
     )
+
+
+def _attempts(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def _connection_failure(url: str, error: requests.exceptions.ConnectionError) -> _Transient:
+    """A short reason for a failed connection, instead of urllib3's nested repr."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    reason = getattr(error.args[0] if error.args else None, "reason", None)
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return _Unreachable(
+            f"no answer from {where} (connect timeout)",
+            hint="check the host and port in the URL, and that no firewall or proxy blocks it",
+        )
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return _Unreachable(
+            f"the host name {parts.hostname!r} could not be resolved",
+            hint="check the host name in the URL, your network and DNS",
+        )
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        cause = reason.__cause__ or reason.__context__
+        if isinstance(cause, ConnectionRefusedError):
+            return _Unreachable(
+                f"connection refused by {where}",
+                hint="check that the server is running and that the host and port in the URL "
+                "are right",
+            )
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        return _Unreachable(
+            f"could not connect to {where}: {redact_text(detail)}",
+            hint="check the URL and your connection",
+        )
+    return _Transient(f"could not connect: {redact_text(str(error))}")
 
 
 # Failures no retry can fix: a malformed URL, a scheme requests cannot fetch, a TLS
@@ -343,8 +402,7 @@ def _fetch_watched(
             f"could not download {redact_url(url)}: {redact_text(str(exc))}", url=url
         ) from None
     except requests.exceptions.ConnectionError as exc:
-        kind = _Unreachable if _no_connection(exc) else _Transient
-        raise kind(f"could not connect: {redact_text(str(exc))}") from None
+        raise _connection_failure(url, exc) from None
     except requests.exceptions.RequestException as exc:
         raise _Transient(f"could not connect: {redact_text(str(exc))}") from None
     with response:
@@ -440,14 +498,6 @@ def _require_space(part: Path, plan: _Plan, have: int, url: str) -> None:
             f"in {part.parent}; free some space or set SERAPEUM_CACHE_DIR to a larger disk",
             url=url,
         )
-
-
-def _no_connection(error: requests.exceptions.ConnectionError) -> bool:
-    """Refused, unknown host or connect timeout (not a connection that broke later)."""
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return True
-    reason = getattr(error.args[0] if error.args else None, "reason", None)
-    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _check_response(
@@ -620,9 +670,12 @@ def _progress_reporter(
                 callback(done, total)
 
         return report_to_callback
-    show = sys.stderr.isatty() if progress is None else progress
+    terminal = _stderr_is_terminal()
+    show = terminal if progress is None else progress
     if not show:
         return lambda done: None
+    if not terminal:  # a file or a pipe: no bar frames, one line once the file is complete
+        return _final_line(total, start, name.removesuffix(".part"))
     from tqdm import tqdm
 
     bar = tqdm(
@@ -646,3 +699,42 @@ def _progress_reporter(
             last = done
 
     return report_to_bar
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+def _final_line(total: int, start: int, name: str) -> Callable[[int | None], None]:
+    """Progress for a log file: one line when the download completes, nothing before."""
+    began = time.monotonic()
+    last = start
+
+    def report(done: int | None) -> None:
+        nonlocal last
+        if done is not None:
+            last = done
+            return
+        if last < total:
+            return  # the transfer failed; the error says so
+        seconds = time.monotonic() - began
+        resumed = f", resumed at {_size(start)}" if start else ""
+        print(
+            f"downloaded {name}: {_size(total)} in {seconds:.1f} s{resumed}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return report
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count:,} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

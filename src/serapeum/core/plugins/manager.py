@@ -8,6 +8,7 @@ which is what plugin authors want while developing.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -96,6 +97,7 @@ class PluginHost:
                 raise PluginLoadError(f"plugin {name!r} is blocked and cannot be registered")
             self._origin[plugin_name] = (distribution, None)
             self._cache.clear()
+            self._check_hook_names(plugin_name, distribution)
             return plugin_name
 
     def unregister(self, name: str) -> None:
@@ -140,6 +142,32 @@ class PluginHost:
                     continue
                 self._origin[entry_point.name] = (distribution, version)
                 self._cache.clear()
+                self._check_hook_names(entry_point.name, distribution)
+
+    def _check_hook_names(self, plugin_name: str, distribution: str) -> None:
+        """Report hook implementations that match no hook spec: they are never called.
+
+        A misspelled hook would otherwise load silently and register nothing. In strict
+        mode the plugin is unregistered and the error raised; otherwise it is recorded in
+        ``failures`` (its correctly named hooks keep working).
+        """
+        plugin = self._pm.get_plugin(plugin_name)
+        unknown = sorted(
+            caller.name
+            for caller in self._pm.get_hookcallers(plugin) or ()
+            if not caller.has_spec()
+            and any(
+                impl.plugin_name == plugin_name and not impl.optionalhook
+                for impl in caller.get_hookimpls()
+            )
+        )
+        if not unknown:
+            return
+        message = "; ".join(unknown_hook_message(name) for name in unknown)
+        error = PluginValidationError(f"plugin {plugin_name!r} from {distribution}: {message}")
+        if self.strict:
+            self.unregister(plugin_name)
+        self._fail(plugin_name, distribution, message, error)
 
     def _fail(self, plugin: str, distribution: str, message: str, exc: BaseException) -> None:
         failure = PluginFailure(plugin=plugin, distribution=distribution, error=message)
@@ -218,6 +246,27 @@ class PluginHost:
                     Registered(item=item, distribution=distribution, plugin=impl.plugin_name)
                 )
         return entries
+
+
+def hook_names() -> list[str]:
+    """The names of the hooks a plugin can implement (see ``hookspecs``)."""
+    return sorted(
+        name
+        for name in vars(hookspecs)
+        if name.startswith(f"{hookspecs.PROJECT_NAME}_")
+        and hasattr(getattr(hookspecs, name), f"{hookspecs.PROJECT_NAME}_spec")
+    )
+
+
+def unknown_hook_message(name: str) -> str:
+    """Why a hook implementation named ``name`` is never called, with a did-you-mean."""
+    known = hook_names()
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"unknown hook {name!r} is never called: no hook has that name; "
+        f"{hint}(the hooks are {', '.join(known)})"
+    )
 
 
 def _excluded(plugin: str, distribution: str, module: str) -> str | None:

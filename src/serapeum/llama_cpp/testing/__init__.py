@@ -1,4 +1,8 @@
-"""Test helpers for the engine and for plugin authors (need the ``test`` extra: gguf, numpy)."""
+"""Test helpers for the engine and for plugin authors.
+
+They build tiny GGUF models, which needs the ``testing`` extra (gguf, numpy, pytest):
+``pip install 'serapeum-llama-cpp[testing]'``.
+"""
 
 from serapeum.llama_cpp.testing.tiny_model import (
     SPECIAL_TOKENS,

@@ -135,13 +135,16 @@ class TinyModelSpec:
     context_length: int = 4096
     seed: int = 1234
     vocabulary: Vocabulary | None = None
+    extra_special_tokens: tuple[str, ...] = ()
+    """Control tokens added to the built-in vocabulary (a new family's markers)."""
 
 
-def _builtin_vocabulary() -> Vocabulary:
+def _builtin_vocabulary(extra_special_tokens: tuple[str, ...] = ()) -> Vocabulary:
+    special = SPECIAL_TOKENS + tuple(t for t in extra_special_tokens if t not in SPECIAL_TOKENS)
     tokens: list[str] = ["<unk>"]
     types = [_UNKNOWN]
-    tokens += SPECIAL_TOKENS
-    types += [_CONTROL] * len(SPECIAL_TOKENS)
+    tokens += special
+    types += [_CONTROL] * len(special)
     tokens += [f"<0x{byte:02X}>" for byte in range(256)]
     types += [_BYTE] * 256
     pieces = ["\u2581"] + [c for c in string.printable[:94]]
@@ -158,12 +161,19 @@ def _builtin_vocabulary() -> Vocabulary:
 
 def build_tiny_gguf(path: str | Path, spec: TinyModelSpec | None = None) -> Path:
     """Write the tiny model to ``path`` (deterministic for a given spec) and return it."""
-    import gguf
-    import numpy as np
+    try:
+        import gguf
+        import numpy as np
+    except ImportError as exc:
+        raise ImportError(
+            f"building a tiny GGUF model (the plugin conformance kit) needs the {exc.name!r} "
+            "package: pip install 'serapeum-llama-cpp[testing]'",
+            name=exc.name,
+        ) from exc
 
     spec = spec or TinyModelSpec()
     path = Path(path)
-    vocabulary = spec.vocabulary or _builtin_vocabulary()
+    vocabulary = spec.vocabulary or _builtin_vocabulary(spec.extra_special_tokens)
     tokens, scores, types = list(vocabulary.tokens), list(vocabulary.scores), list(vocabulary.types)
     n_vocab = len(tokens)
     rng = np.random.default_rng(spec.seed)

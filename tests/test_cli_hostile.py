@@ -508,16 +508,17 @@ def test_an_unexpected_exception_is_a_bug_and_keeps_its_traceback(
 ) -> None:
     """Mocked: a bug cannot be provoked for real; a non-serapeum exception must propagate."""
     from serapeum.llama_cpp import cli
+    from serapeum.llama_cpp.cli import commands
 
     def broken(_args: object) -> int:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "_formatters", broken)
+    monkeypatch.setattr(commands, "formatters", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["formatters"])
 
 
-def test_an_undecodable_line_typed_in_the_chat_is_refused_and_the_chat_goes_on(
+def test_an_undecodable_line_typed_in_the_chat_does_not_end_it(
     tiny_model_path: Path,
 ) -> None:
     import pty
@@ -547,7 +548,8 @@ def test_an_undecodable_line_typed_in_the_chat_is_refused_and_the_chat_goes_on(
     try:
         wait_for(b"> ", 1)
         os.write(leader, b"caf\xe9\n")
-        wait_for(b"not valid UTF-8", 1)
+        # Refused with "not valid UTF-8" by plain input(); readline (the REPL's line
+        # editing) drops the byte itself. Either way the chat goes on.
         wait_for(b"> ", 2)
         os.write(leader, b"Hello\n")
         wait_for(b"> ", 3)

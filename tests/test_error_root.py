@@ -21,7 +21,13 @@ PACKAGES = [
     ("serapeum_source_hf", "serapeum_source_hf"),
     ("serapeum_backend_server", "serapeum_backend_server"),
 ]
-SKIP_MODULES = {"serapeum.llama_cpp.__main__", "serapeum.llama_cpp.checked_load"}
+SKIP_MODULES = {
+    "serapeum.llama_cpp.__main__",
+    "serapeum.llama_cpp.checked_load",
+    # The command line's control-flow signals (UsageError, OutputClosed): main() turns them
+    # into exit statuses, no caller ever sees them.
+    "serapeum.llama_cpp.cli.output",
+}
 
 
 def _modules(package: str) -> list[ModuleType]:
@@ -42,6 +48,7 @@ def _public_errors(package: str) -> set[type[BaseException]]:
                 inspect.isclass(value)
                 and issubclass(value, BaseException)
                 and value.__module__.startswith(package)
+                and value.__module__ not in SKIP_MODULES
                 and not name.startswith("_")
             ):
                 errors.add(value)

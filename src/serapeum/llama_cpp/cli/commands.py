@@ -54,9 +54,16 @@ def complete(args: argparse.Namespace) -> int:
     options = call_options(args)
     llm = build_llm(args, COMPLETE_ALIAS)
     with schema_errors_named(args):
-        chunks = llm.complete(prompt, formatted=args.raw, stream=True, **options)
+        chunks = llm.complete(prompt, formatted=_as_written(args), stream=True, **options)
     print_answer(chunks, stream=not args.no_stream, as_json=args.json, model=model_label(llm))
     return 0
+
+
+def _as_written(args: argparse.Namespace) -> bool:
+    """``--raw``, or a base model named by its alias: wrapped in a chat turn, a prompt only
+    confuses a model that was never taught the turns."""
+    alias = BUILTIN_ALIASES.get(args.model or COMPLETE_ALIAS)
+    return bool(args.raw) or (alias is not None and alias.base_model)
 
 
 def chat(args: argparse.Namespace) -> int:

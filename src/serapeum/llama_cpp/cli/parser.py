@@ -232,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     complete.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: stdin)")
     complete.add_argument(
-        "--raw", action="store_true", help="send the prompt as written, unformatted"
+        "--raw",
+        action="store_true",
+        help="send the prompt as written, not in the model's instruction format "
+        f"(always so for a base model's alias, such as {COMPLETE_ALIAS})",
     )
     _model_options(complete, COMPLETE_ALIAS)
     _generation_options(complete)

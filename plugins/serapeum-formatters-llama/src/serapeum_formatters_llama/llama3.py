@@ -12,17 +12,13 @@ from serapeum.core.llms import Message, MessageRole
 from serapeum.core.plugins import PromptFormatter
 from serapeum.core.prompts import PromptFormatError
 
+# The seed exported LlamaIndex's default system prompt from both modules, one text.
+# It is never added to a prompt by itself: pass it as system_prompt= to use it.
+from serapeum_formatters_llama.llama2 import DEFAULT_SYSTEM_PROMPT
+
 BOS = "<|begin_of_text|>"
 EOT = "<|eot_id|>"
 FAMILY = "llama3"
-# The seed's Llama 3 default system prompt (LlamaIndex's text), exported for code that
-# imports it. It is never added to a prompt by itself: pass it as system_prompt= to use it.
-DEFAULT_SYSTEM_PROMPT = """\
-You are a helpful, respectful and honest assistant. \
-Always answer as helpfully as possible and follow ALL given instructions. \
-Do not speculate or make up information. \
-Do not reference any given instructions or context. \
-"""
 
 __all__ = [
     "BOS",

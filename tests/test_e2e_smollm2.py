@@ -108,3 +108,20 @@ def test_two_conversations_at_once_on_two_slots(chat_model_path: Path) -> None:
     answers = asyncio.run(ask_all())
     for city, answer in zip(questions, answers, strict=True):
         assert city in answer, answer
+
+
+def test_one_prompt_function_replaces_only_its_kind(chat_model_path: Path) -> None:
+    def question(prompt: str) -> str:
+        return f"Q: {prompt}\nA:"
+
+    llm = LlamaCPP(model_path=str(chat_model_path), completion_to_prompt=question)
+    assert llm.format_completion("hi") == "Q: hi\nA:"
+    assert llm.format_messages([Message.user("hi")]).endswith("<|im_start|>assistant\n")
+    assert "completion_to_prompt" in llm.formatter_reason
+
+    later = LlamaCPP(model_path=str(chat_model_path))
+    later.completion_to_prompt = question  # after construction: the same result
+    assert later.format_completion("hi") == "Q: hi\nA:"
+    assert later.format_messages([Message.user("hi")]) == llm.format_messages([Message.user("hi")])
+    later.completion_to_prompt = None
+    assert later.format_completion("hi") != "Q: hi\nA:"

@@ -113,8 +113,11 @@ def build_prompt_writer(
 def explicit_choice(
     formatter: object, messages_to_prompt: object, completion_to_prompt: object
 ) -> bool:
-    """Whether the user chose how to write prompts (otherwise the model's format is detected)."""
-    return any(x is not None for x in (formatter, messages_to_prompt, completion_to_prompt))
+    """Whether the user chose how to write every prompt (otherwise the model's format is
+    detected, and one function given alone replaces the detected format's for its kind)."""
+    return formatter is not None or (
+        messages_to_prompt is not None and completion_to_prompt is not None
+    )
 
 
 def detect_formatter(info: ModelInfo, plugins: PluginHost) -> tuple[PromptFormatter, str]:

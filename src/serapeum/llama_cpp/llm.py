@@ -52,7 +52,7 @@ from serapeum.core.redact import redact_url
 from serapeum.core.shown import shown
 from serapeum.llama_cpp import reentry
 from serapeum.llama_cpp.checked_load import checked_load as load_in_child
-from serapeum.llama_cpp.errors import ContextWindowExceededError
+from serapeum.llama_cpp.errors import ContextWindowExceededError, MissingFormatterError
 from serapeum.llama_cpp.formatting import (
     PromptWriter,
     build_prompt_writer,
@@ -454,9 +454,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
         if self.model_path is None and path is not None:
             self.model_path = str(path)
         if not explicit:
-            self._detected, self._detected_reason = detect_formatter(self._model.info, host)
-            self._formatter_reason = self._detected_reason
-            self._writer = self._prompt_writer(self._detected, host)
+            self._writer, self._formatter_reason = self._detected_writer(host)
         # generate_kwargs are every call's options: check them all now (ranges, vocabulary
         # bounds, schemas), not at the first call.
         self._build_request(" ", True, {})
@@ -592,6 +590,34 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             plugins=host,
         )
 
+    def _detected_writer(self, host: PluginHost, **changes: Any) -> tuple[PromptWriter, str]:
+        """The model's own format, with a prompt function given alone in place of its own.
+
+        A model whose format cannot be detected needs both functions (or a formatter), and
+        the error says which one is missing.
+        """
+        settings = {
+            "messages_to_prompt": self.messages_to_prompt,
+            "completion_to_prompt": self.completion_to_prompt,
+            **changes,
+        }
+        if self._detected is None:
+            try:
+                self._detected, self._detected_reason = detect_formatter(self._model.info, host)
+            except MissingFormatterError:
+                if (
+                    settings["messages_to_prompt"] is None
+                    and settings["completion_to_prompt"] is None
+                ):
+                    raise
+                self._prompt_writer(None, host, **changes)  # raises: names the missing function
+                raise
+        reason = self._detected_reason
+        given = [name for name, value in settings.items() if value is not None]
+        if given:
+            reason += f"; your {given[0]} writes those prompts"
+        return self._prompt_writer(self._detected, host, **changes), reason
+
     def _rebuild_writer(self, **changes: Any) -> None:
         """Write prompts as the settings say once ``changes`` (one prompt setting) apply.
 
@@ -611,12 +637,7 @@ class LlamaCPP(CompletionToChatMixin, LLM):
             writer = self._prompt_writer(formatter, self._host, **settings)
             reason = "chosen by the caller"
         else:
-            if self._detected is None:
-                self._detected, self._detected_reason = detect_formatter(
-                    self._model.info, self._host
-                )
-            writer = self._prompt_writer(self._detected, self._host, **settings)
-            reason = self._detected_reason
+            writer, reason = self._detected_writer(self._host, **settings)
         self._writer = writer
         self._formatter_reason = reason
         logger.info(

@@ -134,8 +134,58 @@ def test_plugins_formatters_and_models_listings(cache_root: Path) -> None:
     assert "gemma (also gemma2, gemma3, gemma-it)" in formatters.stdout
     assert "detects its models" in formatters.stdout
     models = _cli("models", SERAPEUM_CACHE_DIR=str(cache_root))
-    assert "gemma3-270m (default for complete)" in models.stdout
     assert "nothing cached" in models.stdout
+    assert "aliases:" not in models.stdout  # the aliases command lists those
+    assert "serapeum-llama-cpp aliases lists the names -m takes" in models.stdout
+
+
+BROKEN_PLUGIN = """
+from serapeum.core.plugins import PromptFormatter, hookimpl
+
+
+def _same(completion, system_prompt=None):
+    return completion
+
+
+@hookimpl
+def serapeum_register_formatters():
+    return [PromptFormatter(name="half", messages_to_prompt=lambda messages, system_prompt=None: "",
+                            completion_to_prompt=_same)]
+"""
+
+
+def _install_plugin(site: Path, name: str, code: str) -> None:
+    """A real installed distribution (its module plus .dist-info), as pip leaves it."""
+    (site / f"serapeum_{name}_plugin.py").write_text(code)
+    info = site / f"{name}_fake-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}-fake\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[serapeum]\n{name} = serapeum_{name}_plugin\n")
+
+
+@pytest.mark.parametrize("registers", [False, True])
+def test_a_failed_plugin_is_listed_once_not_as_registering_nothing(
+    tmp_path: Path, registers: bool
+) -> None:
+    code = "from serapeum.core.plugins import hookimpl\n\n\n@hookimpl\ndef serapeum_register_formatter():\n    return []\n"
+    if registers:  # a good hook beside the misspelled one
+        code = BROKEN_PLUGIN + "\n\n@hookimpl\ndef serapeum_register_formatter():\n    return []\n"
+    _install_plugin(tmp_path, "myplug", code)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "serapeum.llama_cpp", "plugins"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if k != "SERAPEUM_STRICT_PLUGINS"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if "[myplug]" in line]
+    assert not any(line.endswith(": nothing") for line in lines), lines
+    assert lines[-1].startswith("myplug-fake  [myplug]: FAILED: unknown hook"), lines
+    assert len(lines) == (2 if registers else 1), lines
+    if registers:
+        assert lines[0] == "myplug-fake 0.1  [myplug]: formatter half", lines
 
 
 def test_user_errors_exit_2_without_a_traceback(tiny_model_path: Path) -> None:
@@ -217,3 +267,41 @@ def test_complete_on_the_base_model_continues_the_text_as_written() -> None:
     assert result.returncode == 0, result.stderr
     assert "red" in result.stdout and "blue" in result.stdout, result.stdout
     assert result.stdout == _cli("complete", "--raw", *args).stdout
+
+
+def _documented_runs() -> list[tuple[str, str]]:
+    """Each ``$ serapeum-llama-cpp ...`` line of docs/cli.md with the output shown under it."""
+    import re
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    runs: list[tuple[str, str]] = []
+    for block in re.findall(r"```text\n(.*?)```", text, flags=re.DOTALL):
+        for part in re.split(r"^\$ ", block, flags=re.MULTILINE)[1:]:
+            command, _, shown = part.partition("\n")
+            runs.append((command, shown))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        pytest.param(*run, marks=[pytest.mark.e2e_chat] if "<<<" in run[0] else [])
+        for run in _documented_runs()
+    ],
+)
+def test_the_guides_shown_output_is_what_prints(command: str, shown: str) -> None:
+    import shlex
+
+    words = shlex.split(command)
+    stdin = None
+    if "<<<" in words:
+        at = words.index("<<<")
+        stdin, words = words[at + 1] + "\n", words[:at]
+    assert words[0] == "serapeum-llama-cpp"
+    result = _cli(*words[1:], stdin=stdin)
+    printed = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if not line.startswith("Using the default model")
+    ]
+    assert printed == shown.splitlines()

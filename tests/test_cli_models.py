@@ -83,7 +83,7 @@ def test_a_user_alias_is_saved_used_and_removed(
     assert json.loads(stored.read_text()) == {"tiny": str(local)}  # stored absolute
     assert [p.name for p in stored.parent.iterdir()] == ["aliases.json"]  # no temporary left
     assert f"tiny: {local}" in _cli(env, "aliases").stdout
-    assert f"tiny: {local}" in _cli(env, "models").stdout
+    assert "tiny" not in _cli(env, "models").stdout  # models lists files; aliases the names
 
     by_alias = _cli(env, "complete", "-m", "tiny", *TINY, "Hello")
     by_path = _cli(env, "complete", "-m", str(local), *TINY, "Hello")
@@ -165,7 +165,52 @@ def test_a_name_that_is_nothing_lists_the_aliases(env: dict[str, str]) -> None:
 
 def test_a_missing_path_still_says_it_does_not_exist(env: dict[str, str]) -> None:
     result = _cli(env, "complete", "-m", "/no/such/model.gguf", "hi")
-    _one_line_error(result, 2, "does not exist")
+    line = _one_line_error(result, 2, "'/no/such/model.gguf' does not exist")
+    assert "path, an http(s) URL, hf:ORG/REPO/FILE or an alias" in line
+    assert "model_url" not in line and "hf_model_id" not in line  # not the library's words
+
+
+def test_a_missing_path_named_like_an_alias_file_suggests_the_alias(env: dict[str, str]) -> None:
+    for model in ("gemma-3-270m-q4_k_m", "/no/such/gemma-3-270m-q4_k_m.gguf"):
+        result = _cli(env, "complete", "-m", model, "hi")
+        line = _one_line_error(result, 2, "did you mean gemma3-270m?")
+        assert "models/demo" not in line  # the alias, not the cache's own path
+
+
+def test_an_alias_to_a_symbolic_link_stores_the_link(
+    env: dict[str, str], tiny_model_path: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "sm.gguf"
+    link.symlink_to(tiny_model_path)
+    result = _cli(env, "aliases", "set", "mine", "sm.gguf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((Path(env["SERAPEUM_CACHE_DIR"]) / "aliases.json").read_text())
+    assert stored == {"mine": str(link)}  # the link as named, not its target
+
+
+def test_a_base_model_in_chat_or_serve_gets_a_note(env: dict[str, str]) -> None:
+    """The note comes before the model loads (here a bad --ctx then stops the command)."""
+    _cli(env, "aliases", "set", "small", "gemma3-270m")
+    for args in (
+        ("chat", "-m", "gemma3-270m"),
+        ("serve", "-m", "gemma3-270m"),
+        ("chat", "-m", "small"),
+    ):
+        result = subprocess.run(
+            [*COMMAND, *args, "--ctx", "-5"],
+            input="Hi",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=HANG_GUARD,
+        )
+        assert result.returncode == 2, result.stderr
+        note, error = result.stderr.strip().splitlines()
+        assert note.startswith("note: gemma3-270m is a base model"), note
+        assert "does not follow a chat" in note and "smollm2-135m-instruct" in note
+        assert error.startswith("serapeum-llama-cpp: error: --ctx")
+    instruct = _cli(env, "chat", "-m", "smollm2-135m-instruct", "--ctx", "-5")
+    assert "base model" not in instruct.stderr
 
 
 def test_a_name_close_to_a_cached_file_suggests_it(env: dict[str, str], model_bytes: bytes) -> None:
@@ -212,7 +257,7 @@ def test_models_lists_every_cache_with_real_sizes(env: dict[str, str], model_byt
     result = _cli(env, "models")
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    mib = f"{len(model_bytes) / 2**20:.1f} MiB"
+    mib = f"{len(model_bytes) / 2**10:.1f} KiB"  # a tiny model: not "0.0 MiB"
     assert f"{mib}  {model}" in text
     assert text.count("hf:ggml-org/gemma-3-270m-GGUF/gemma-3-270m-Q8_0.gguf") == 1  # blob once
     hub_line = next(line for line in text.splitlines() if "hf:ggml-org" in line)
@@ -236,10 +281,10 @@ def test_models_prune_deletes_old_partial_downloads_only(
     # meta was written just now: perhaps a download in progress, so it is kept
     result = _cli(env, "models", "--prune")
     assert result.returncode == 0, result.stderr
-    assert f"deleted {part} (0.0 MiB)" in result.stdout
+    assert f"deleted {part} (4.9 KiB)" in result.stdout
     assert f"deleted {incomplete}" in result.stdout
     assert f"kept {meta}" in result.stdout
-    assert "freed 0.0 MiB" in result.stdout
+    assert "freed 7.8 KiB" in result.stdout  # 5000 + 3000 bytes
     assert not part.exists() and not incomplete.exists() and meta.exists()
     assert model.exists() and (repo / "blobs" / ("ab" * 32)).exists()
     again = _cli(env, "models")

@@ -237,9 +237,38 @@ def test_json_output_has_text_usage_and_timing(tiny_model_path: Path) -> None:
 
 
 def test_json_is_not_read_as_json_schema_nor_any_abbreviation(tiny_model_path: Path) -> None:
-    for abbreviation in ("--json-s", "--temp", "--max"):
+    for abbreviation, meant in (
+        ("--json-s", "--json-schema"),
+        ("--temp", "--temperature"),
+        ("--max", "--max-tokens"),
+    ):
         result = _cli("complete", "-m", str(tiny_model_path), abbreviation, "x", "hi")
-        _one_line_error(result, 2, "unrecognized arguments", abbreviation)
+        line = _one_line_error(result, 2, f"unknown option {abbreviation}; did you mean {meant}?")
+        assert line.endswith("(see serapeum-llama-cpp complete --help)")
+
+
+def test_an_unknown_flag_is_matched_among_the_subcommands_own_flags() -> None:
+    chat = _cli("chat", "--sytem", "Be brief.")
+    _one_line_error(chat, 2, "unknown option --sytem; did you mean --system?", "chat --help")
+    nothing = _cli("models", "--bogus")
+    line = _one_line_error(nothing, 2, "unknown option --bogus", "models --help")
+    assert "did you mean" not in line
+
+
+def test_an_unquoted_prompt_of_several_words_gets_a_hint(tiny_model_path: Path) -> None:
+    result = _cli("complete", "-m", str(tiny_model_path), "hello", "there", "how", "are", "you")
+    _one_line_error(
+        result,
+        2,
+        "unrecognized arguments: there how are you",
+        "serapeum-llama-cpp complete 'hello there how are you'",
+    )
+
+
+def test_the_top_level_help_points_to_the_generation_flags() -> None:
+    text = _cli("--help").stdout
+    assert "the flags below" not in text
+    assert '"serapeum-llama-cpp complete --help"' in text and "--temperature" in text
 
 
 def test_version_prints_the_package_version() -> None:
@@ -412,9 +441,71 @@ def test_chat_defaults_to_the_instruct_model_and_answers(tmp_path: Path) -> None
     assert "Paris" in record["text"] and record["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_continue_needs_the_interactive_chat(tiny_model_path: Path, tmp_path: Path) -> None:
-    """``--continue FILE`` goes to the REPL (tests/test_repl.py); a piped chat refuses it."""
-    saved = tmp_path / "chat.json"
-    saved.write_text('{"serapeum_chat": 1, "messages": []}')
-    result = _cli("chat", "-m", str(tiny_model_path), "--continue", str(saved), stdin="Hi")
-    _one_line_error(result, 2, "--continue needs the interactive chat")
+def _saved_chat(path: Path) -> list[dict[str, str]]:
+    history = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi there"},
+    ]
+    path.write_text(
+        json.dumps(
+            {
+                "serapeum_chat": 1,
+                "system": "Be brief.",
+                "options": {"temperature": 0.0, "max_tokens": 6},
+                "messages": history,
+            }
+        )
+    )
+    return history
+
+
+def test_a_piped_chat_continues_a_saved_conversation(tiny_model_path: Path, tmp_path: Path) -> None:
+    """Like ``llm -c``: the saved system prompt, options and turns, then the piped question;
+    both appended to the file."""
+    from serapeum.core.llms import Message
+
+    saved = tmp_path / "talk.json"
+    history = _saved_chat(saved)
+    model = ("-m", str(tiny_model_path), "--formatter", "llama2")
+    result = _cli("chat", *model, "--continue", str(saved), stdin="And again?\n")
+    assert result.returncode == 0, result.stderr
+    llm = LlamaCPP(model_path=str(tiny_model_path), formatter="llama2")
+    expected = llm.chat(
+        [Message.system("Be brief."), *(Message(**m) for m in history), Message.user("And again?")],
+        temperature=0.0,
+        max_new_tokens=6,
+    ).message.content
+    assert result.stdout == expected + "\n"
+    document = json.loads(saved.read_text())
+    assert document["system"] == "Be brief." and document["options"]["max_tokens"] == 6
+    assert document["messages"] == [
+        *history,
+        {"role": "user", "content": "And again?"},
+        {"role": "assistant", "content": expected},
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["talk.json"]  # no temporary left
+    again = _cli("chat", *model, "--continue", str(saved), stdin="Once more")
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(saved.read_text())["messages"]) == 6
+
+
+def test_a_bad_continue_file_is_reported_before_the_model_loads(tmp_path: Path) -> None:
+    """The model named here does not exist: the error must be the conversation file's."""
+    import pty
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    args = ("chat", "-m", "/no/such/model.gguf", "--continue", str(bad))
+    piped = _cli(*args, stdin="Hi")
+    _one_line_error(piped, 2, f"{bad} is not JSON")
+    leader, follower = pty.openpty()
+    try:
+        terminal = subprocess.run(
+            [*COMMAND, *args], stdin=follower, capture_output=True, text=True, timeout=HANG_GUARD
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    _one_line_error(terminal, 2, f"{bad} is not JSON")
+    missing = _cli("chat", "-m", "/no/such/model.gguf", "--continue", str(tmp_path / "no.json"))
+    _one_line_error(missing, 2, "no.json")

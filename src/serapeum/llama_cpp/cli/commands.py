@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms import Message
@@ -18,6 +19,11 @@ from serapeum.llama_cpp.cli.aliases import (
     set_user_alias,
     user_aliases,
 )
+from serapeum.llama_cpp.cli.conversation_file import (
+    SavedConversation,
+    load_conversation,
+    save_conversation,
+)
 from serapeum.llama_cpp.cli.generate import (
     build_llm,
     call_options,
@@ -26,8 +32,8 @@ from serapeum.llama_cpp.cli.generate import (
     schema_errors_named,
 )
 from serapeum.llama_cpp.cli.inputs import stdin_is_piped, stdin_or_none
-from serapeum.llama_cpp.cli.models import model_request
-from serapeum.llama_cpp.cli.output import PROG, UsageError, out
+from serapeum.llama_cpp.cli.models import base_model_alias, model_request
+from serapeum.llama_cpp.cli.output import PROG, UsageError, note, out
 from serapeum.llama_cpp.gguf_file import verify_model_file
 from serapeum.llama_cpp.sources import resolve_model
 
@@ -68,32 +74,70 @@ def _as_written(args: argparse.Namespace) -> bool:
 
 def chat(args: argparse.Namespace) -> int:
     piped = stdin_is_piped()
-    if piped and args.conversation is not None:
-        raise UsageError("--continue needs the interactive chat: run it in a terminal")
     if not piped and args.json:
         raise UsageError("--json applies to a one-shot chat: pipe the question on standard input")
+    conversation = None if args.conversation is None else Path(args.conversation)
+    saved = None if conversation is None else load_conversation(conversation)  # before the model
     question = (stdin_or_none() or "").strip() if piped else None
     if question == "":
         raise ConfigurationError("nothing to answer: standard input was empty")
     options = call_options(args)
+    _warn_of_a_base_model(args)
     if question is not None:  # one-shot: the whole input is one message
-        llm = build_llm(args, CHAT_ALIAS)
-        with schema_errors_named(args):
-            chunks = llm.chat([Message.user(question)], stream=True, **options)
-        print_answer(chunks, stream=not args.no_stream, as_json=args.json, model=model_label(llm))
-        return 0
+        return _answer_once(args, question, options, conversation, saved)
     from serapeum.llama_cpp.cli.repl import run_repl  # readline and signals: only for this
 
     system, args.system = args.system, None  # the REPL sends it (and /system changes it)
     llm = build_llm(args, CHAT_ALIAS)
-    conversation = None if args.conversation is None else Path(args.conversation)
     return int(run_repl(llm, options, system=system, conversation=conversation))
+
+
+def _answer_once(
+    args: argparse.Namespace,
+    question: str,
+    options: dict[str, Any],
+    conversation: Path | None,
+    saved: SavedConversation | None,
+) -> int:
+    """One answer to a piped question; with ``--continue FILE``, after the saved turns (its
+    system prompt and options unless the command line gives its own), and both appended to
+    FILE, as ``llm -c`` does."""
+    history: list[Message] = []
+    if saved is not None:
+        history = list(saved.messages)
+        options = {**saved.options, **options}
+        if args.system is None:
+            args.system = saved.system
+    system, args.system = args.system, None  # sent as the first message, as the REPL does
+    start = [Message.system(system)] if system else []
+    llm = build_llm(args, CHAT_ALIAS)
+    with schema_errors_named(args):
+        chunks = llm.chat([*start, *history, Message.user(question)], stream=True, **options)
+    answer = print_answer(
+        chunks, stream=not args.no_stream, as_json=args.json, model=model_label(llm)
+    )
+    if conversation is not None:
+        turns = [*history, Message.user(question), Message.assistant(answer)]
+        save_conversation(
+            conversation, turns, system=system, options=options, model=model_label(llm)
+        )
+    return 0
+
+
+def _warn_of_a_base_model(args: argparse.Namespace) -> None:
+    alias = base_model_alias(args.model, CHAT_ALIAS)
+    if alias is not None:
+        note(
+            f"note: {alias} is a base model: it continues text and does not follow a chat; "
+            f"for a chat model use -m {CHAT_ALIAS}"
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
     from serapeum.llama_cpp.serve import run_server
 
     options = call_options(args)
+    _warn_of_a_base_model(args)
     llm = build_llm(args, CHAT_ALIAS, defaults=options)
     model = args.model if args.model is not None else CHAT_ALIAS
     model_id = model if model in BUILTIN_ALIASES or model in user_aliases() else None
@@ -127,13 +171,23 @@ def plugins(args: argparse.Namespace) -> int:
     ):
         for entry in entries:
             registered.setdefault(entry.plugin, []).append(f"{kind} {entry.item.name}")
+    failures: dict[str, list[str]] = {}
+    for failure in host.failures:
+        failures.setdefault(failure.plugin, []).append(
+            f"{failure.distribution}  [{failure.plugin}]: FAILED: {failure.error}"
+        )
     for info in host.plugins():
-        what = ", ".join(registered.get(info.name, [])) or "nothing"
-        out(f"{info.distribution} {info.version or ''}".rstrip() + f"  [{info.name}]: {what}")
+        what = ", ".join(registered.get(info.name, []))
+        if what or info.name not in failures:  # a failed plugin's "nothing" says nothing
+            name = f"{info.distribution} {info.version or ''}".rstrip()
+            out(f"{name}  [{info.name}]: {what or 'nothing'}")
+        for line in failures.pop(info.name, []):
+            out(line)
     for skipped in host.skipped:
         out(f"{skipped.distribution}  [{skipped.plugin}]: not loaded ({skipped.reason})")
-    for failure in host.failures:
-        out(f"{failure.distribution}  [{failure.plugin}]: FAILED: {failure.error}")
+    for lines in failures.values():
+        for line in lines:
+            out(line)
     return 0
 
 
@@ -146,8 +200,18 @@ def formatters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mib(size: int) -> str:
-    return f"{size / 2**20:9.1f} MiB"
+def human_size(size: int) -> str:
+    """``512 B``, ``3.2 KiB``, ``118.5 MiB``, ``1.3 GiB``: small files are not ``0.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30)):
+        if size < scale * 1024 or unit == "GiB":
+            return f"{size / scale:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _sized(size: int) -> str:
+    return f"{human_size(size):>10}"
 
 
 def _print_aliases() -> None:
@@ -157,17 +221,23 @@ def _print_aliases() -> None:
         out(f"  {name}: {model}")
 
 
+def _alias_of(file: Path) -> str:
+    """`` (alias NAME)`` for a built-in alias's own file, which ``-m NAME`` names best."""
+    for name, entry in BUILTIN_ALIASES.items():
+        if entry.file_name and file.name == entry.file_name:
+            return f" (-m {name})"
+    return ""
+
+
 def models(args: argparse.Namespace) -> int:
     if args.prune:
         return _prune()
-    out("aliases:")
-    _print_aliases()
     total = 0
     root = cache_dir() / "models"
     ours = caches.serapeum_models()
     out(f"serapeum cache, {root}:" if ours else f"nothing cached in {root}")
     for file in ours:
-        out(f"  {_mib(file.size)}  {file.path}")
+        out(f"  {_sized(file.size)}  {file.path}{_alias_of(file.path)}")
         total += file.size
     hub = caches.hf_hub_cache()
     theirs = caches.hf_models()
@@ -177,33 +247,43 @@ def models(args: argparse.Namespace) -> int:
         else f"no GGUF files in the Hugging Face cache {hub}"
     )
     for file in theirs:
-        out(f"  {_mib(file.size)}  {file.name}  ({file.path})")
+        out(f"  {_sized(file.size)}  {file.name}  ({file.path})")
         total += file.size
     demos = caches.demo_packages()
     if demos:
         out("demo model packages (used in place):")
     for package in demos:
-        files = "1 file" if package.files == 1 else f"{package.files} files"
-        out(f"  {_mib(package.size)}  {package.name} ({files}, {package.location})")
+        out(f"  {_sized(package.size)}  {package.name}{_package_place(package)}")
         total += package.size
     partial = caches.leftovers()
     if partial:
         out(f"partial downloads ({PROG} models --prune deletes them):")
     for file in partial:
-        out(f"  {_mib(file.size)}  {file.path}")
+        out(f"  {_sized(file.size)}  {file.path}")
         total += file.size
-    out(f"total: {total / 2**20:.1f} MiB")
+    out(f"total: {human_size(total)} ({PROG} aliases lists the names -m takes)")
     return 0
+
+
+def _package_place(package: caches.DemoPackage) -> str:
+    """Where a demo package's model is: its GGUF file, else its files' folder with a count."""
+    location = package.location
+    if location is None:
+        return ""
+    if location.suffix == ".gguf":
+        return f": {location}{_alias_of(location)}"
+    files = "1 file" if package.files == 1 else f"{package.files} files"
+    return f": {files} in {location}"
 
 
 def _prune() -> int:
     deleted, kept = caches.prune()
     for file in deleted:
-        out(f"deleted {file.path} ({file.size / 2**20:.1f} MiB)")
+        out(f"deleted {file.path} ({human_size(file.size)})")
     for file in kept:
         out(f"kept {file.path}: written in the last minute, perhaps still downloading")
     freed = sum(file.size for file in deleted)
-    out(f"freed {freed / 2**20:.1f} MiB" if deleted else "no partial downloads to delete")
+    out(f"freed {human_size(freed)}" if deleted else "no partial downloads to delete")
     return 0
 
 

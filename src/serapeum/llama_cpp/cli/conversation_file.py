@@ -3,13 +3,17 @@
 The file is plain JSON that other tools can read::
 
     {"serapeum_chat": 1, "model": "...", "system": "Be brief." | null,
-     "options": {"temperature": 0.0},
+     "options": {"temperature": 0.0, "max_tokens": 400},
      "messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}]}
 
-``messages`` are OpenAI-style ``{"role", "content"}`` dicts. Reading also accepts a bare
-list of such messages (a leading ``system`` message becomes the system prompt). Writing is
-atomic: a temporary file in the same directory renamed over the target, so an interrupted
-save never leaves half a file.
+``messages`` are OpenAI-style ``{"role", "content"}`` dicts. ``options`` are keyed as the
+command line names them (``max_tokens``, as ``-o``, ``--max-tokens`` and ``/set`` do), while
+``SavedConversation.options`` and ``save_conversation(options=...)`` use the library's
+keywords (``max_new_tokens``), ready for ``LlamaCPP.chat(**options)``; reading accepts both
+spellings (files written before the change hold the library's) and checks each value as
+``-o`` would. Reading also accepts a bare list of such messages (a leading ``system``
+message becomes the system prompt). Writing is atomic: a temporary file in the same
+directory renamed over the target, so an interrupted save never leaves half a file.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class SavedConversation:
 
     messages: tuple[Message, ...] = field(converter=_message_tuple)
     system: str | None = None
-    options: dict[str, Any] = field(factory=dict)
+    options: dict[str, Any] = field(factory=dict)  # library keywords (max_new_tokens)
     skipped_options: tuple[str, ...] = ()  # options that JSON cannot hold (not saved)
 
 
@@ -58,7 +62,9 @@ def save_conversation(
 ) -> SavedConversation:
     """Write the conversation to ``path`` atomically; return what was written.
 
-    Options that JSON cannot represent are left out and named in ``skipped_options``.
+    ``options`` are keyed by the library's keywords (``max_new_tokens``, as ``llm.chat``
+    takes them); the file names them as the command line does (``max_tokens``). Options
+    that JSON cannot represent are left out and named in ``skipped_options``.
     Raises ``ConfigurationError`` naming the file when it cannot be written.
     """
     path = Path(path).expanduser()
@@ -75,7 +81,7 @@ def save_conversation(
         "serapeum_chat": FORMAT_VERSION,
         "model": model,
         "system": system,
-        "options": kept,
+        "options": {_cli_key(name): value for name, value in kept.items()},
         "messages": [{"role": m.role.value, "content": m.content} for m in messages],
     }
     text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
@@ -139,6 +145,7 @@ def _conversation(document: Any, path: Path) -> SavedConversation:
     options = document.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigurationError(f'{path}: "options" must be a JSON object')
+    options = dict(_option(key, value, path) for key, value in options.items())
     messages = [_message(entry, index, path) for index, entry in enumerate(document["messages"])]
     if messages and messages[0].role is MessageRole.SYSTEM:
         first = messages.pop(0)
@@ -150,7 +157,41 @@ def _conversation(document: Any, path: Path) -> SavedConversation:
                 f"{path}: messages[{index}] has role {message.role.value!r}; a chat holds user "
                 "and assistant messages (and one system message first)"
             )
-    return SavedConversation(messages=messages, system=system, options=dict(options))
+    return SavedConversation(messages=messages, system=system, options=options)
+
+
+def _cli_key(keyword: str) -> str:
+    """``max_new_tokens`` -> ``max_tokens``: the name ``-o`` and ``/set`` take."""
+    from serapeum.llama_cpp.cli.options import option_spec
+
+    try:
+        return option_spec(keyword).key
+    except ConfigurationError:  # not a generation option the command line knows: as given
+        return keyword
+
+
+def _option(key: str, value: Any, path: Path) -> tuple[str, Any]:
+    """One saved option -> ``(library keyword, value)``, checked as ``-o KEY VALUE`` is."""
+    from serapeum.llama_cpp.cli.options import option_spec
+
+    try:
+        spec = option_spec(key)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f'{path}: "options": {exc}') from None
+    where = f'{path}: option "{key}"'
+    if spec.repeatable:  # stop: a text or a list of texts
+        texts = value if isinstance(value, list) else [value]
+        if not texts or not all(isinstance(text, str) and text for text in texts):
+            raise ConfigurationError(f"{where} must be a non-empty text or a list of them")
+        return spec.keyword, list(texts)
+    if isinstance(value, str) and spec.key == "grammar":
+        if not value.strip():  # a grammar held in the file, never "@FILE" to read
+            raise ConfigurationError(f"{where} must be {spec.accepted}")
+        return spec.keyword, value
+    text = value if isinstance(value, str) else json.dumps(value)
+    if isinstance(value, bool) or value is None or text.startswith("@"):
+        raise ConfigurationError(f"{where} must be {spec.accepted}; got {value!r}")
+    return spec.keyword, spec.parse(text, where)
 
 
 def _message(entry: Any, index: int, path: Path) -> Message:

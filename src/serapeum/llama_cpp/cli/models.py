@@ -1,7 +1,8 @@
 """The command line's MODEL: a path, an http(s) URL, ``hf:ORG/REPO/FILE`` or an alias.
 
-``model_fields`` turns it into ``LlamaCPP``'s model fields; a missing file whose name is
-close to an alias or to a cached model's file name is refused with a did-you-mean.
+``model_fields`` turns it into ``LlamaCPP``'s model fields; a missing file is refused in the
+command line's words: a did-you-mean when its name is close to an alias or a cached model's
+file name (an alias's own file is named by the alias), else what ``-m`` accepts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from serapeum.llama_cpp.cli.output import note
 from serapeum.llama_cpp.gguf_file import verify_model_file
 from serapeum.llama_cpp.sources import build_model_request
 
-__all__ = ["default_model_path", "model_fields", "model_request"]
+__all__ = ["base_model_alias", "default_model_path", "model_fields", "model_request"]
+
+ACCEPTS = "-m takes a GGUF file's path, an http(s) URL, hf:ORG/REPO/FILE or an alias"
 
 
 def default_model_path(alias: str) -> str:
@@ -26,6 +29,19 @@ def default_model_path(alias: str) -> str:
     entry = BUILTIN_ALIASES[alias]
     note(f"Using the default model {alias} ({entry.description.split(',')[0]})...")
     return str(entry.path())
+
+
+def base_model_alias(model: str | None, default_alias: str) -> str | None:
+    """The built-in alias MODEL names (directly or through a user alias) when it is a base
+    model, which continues text rather than following a chat; else None."""
+    name = default_alias if model is None else model
+    if name not in BUILTIN_ALIASES:
+        try:
+            name = user_aliases().get(name, name)
+        except ConfigurationError:
+            return None  # the model's own loading reports the damaged file
+    alias = BUILTIN_ALIASES.get(name)
+    return name if alias is not None and alias.base_model else None
 
 
 def model_request(
@@ -85,6 +101,10 @@ def _check_local(model: str, mine: dict[str, str]) -> None:
     except OSError:
         return
     candidates: dict[str, str] = {name: name for name in (*BUILTIN_ALIASES, *mine)}
+    for name, alias in BUILTIN_ALIASES.items():  # the alias, not the cache path of its file
+        if alias.file_name:
+            candidates.setdefault(alias.file_name, name)
+            candidates.setdefault(Path(alias.file_name).stem, name)
     try:
         for cached in (*serapeum_models(), *hf_models()):
             shown = cached.name or str(cached.path)
@@ -107,3 +127,7 @@ def _check_local(model: str, mine: dict[str, str]) -> None:
             f"model {model!r} is not a file and not an alias (aliases: {known}); give a "
             "path, an http(s) URL or hf:ORG/REPO/FILE"
         )
+    raise ConfigurationError(
+        f"model file {str(path)!r} does not exist; {ACCEPTS} (serapeum-llama-cpp aliases "
+        "lists the aliases, serapeum-llama-cpp models the cached files)"
+    )

@@ -7,6 +7,8 @@ reports a bad command line in one line (``UsageError``), like every other user e
 from __future__ import annotations
 
 import argparse
+import difflib
+import shlex
 import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -35,8 +37,9 @@ Run GGUF models with llama.cpp: complete a prompt, chat, serve an OpenAI-compati
   formatters        installed prompt formatters
 
 MODEL (-m) is a local path, an http(s) URL, hf:ORG/REPO/FILE (FILE may be a glob) or an
-alias. Generation options: the flags below, or -o KEY VALUE for any of them (see
-"{PROG} complete --help").
+alias. Generation options (complete, chat, serve): flags such as --temperature and
+--max-tokens, or -o KEY VALUE for any of them; "{PROG} complete --help"
+lists them all.
 """
 
 EPILOG = """\
@@ -65,6 +68,58 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """argparse's, but leftover arguments are reported by the subcommand that was given
+        them: a did-you-mean among its own flags, a hint to quote a prompt of several words."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            child = self._subcommand(parsed)
+            if isinstance(child, Parser):
+                child.unrecognized(extras, parsed)
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _subcommand(self, parsed: argparse.Namespace) -> argparse.ArgumentParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                child = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if child is not None:
+                    return self._deepest(child, parsed)
+        return None
+
+    @staticmethod
+    def _deepest(
+        parser: argparse.ArgumentParser, parsed: argparse.Namespace
+    ) -> argparse.ArgumentParser:
+        for action in parser._actions:  # aliases set ...: the ACTION's own parser
+            if isinstance(action, argparse._SubParsersAction):
+                child = action.choices.get(getattr(parsed, action.dest, None) or "")
+                if child is not None:
+                    return Parser._deepest(child, parsed)
+        return parser
+
+    def unrecognized(self, extras: Sequence[str], parsed: argparse.Namespace) -> NoReturn:
+        """One line for arguments this (sub)command does not take, with what was probably
+        meant."""
+        flags = [extra for extra in extras if extra.startswith("-") and len(extra) > 1]
+        if flags:
+            typed = flags[0].split("=", 1)[0]
+            known = [name for name in self._option_string_actions if name.startswith("--")]
+            close = [name for name in known if name.startswith(typed) and typed.startswith("--")]
+            close = close or difflib.get_close_matches(typed, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            self.error(f"unknown option {typed}{hint}")
+        prompt = getattr(parsed, "prompt", None)
+        if prompt is not None:
+            words = " ".join([prompt, *extras])
+            self.error(
+                f"unrecognized arguments: {' '.join(extras)}; a prompt of several words goes "
+                f"in quotes: {self.prog} {shlex.quote(words)}"
+            )
+        self.error(f"unrecognized arguments: {' '.join(extras)}")
 
     def print_help(self, file: Any = None) -> None:
         if file is None:  # argparse would swallow a closed pipe and exit 0

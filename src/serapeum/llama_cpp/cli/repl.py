@@ -6,7 +6,8 @@ serapeum cache as ``chat_history``); ``/commands`` are answered locally (see
 
 Ctrl-C while an answer streams stops that answer only: a cancel token ends generation
 within a token and the stream is closed, freeing the model; the question and the partial
-answer stay in the conversation. Ctrl-C at the prompt clears the line; Ctrl-D leaves.
+answer stay in the conversation (stopped before any text, neither stays, so user and
+assistant turns keep alternating). Ctrl-C at the prompt clears the line; Ctrl-D leaves.
 A library error (a refused option, a conversation too long for the context) is reported in
 one line and the failing question is dropped.
 """
@@ -40,6 +41,7 @@ BLOCK = '"""'
 HISTORY_FILE = "chat_history"  # in the serapeum cache directory
 HISTORY_LENGTH = 1000
 STOPPED = "[stopped]"
+STOPPED_EARLY = "[stopped before the answer began; the question was not kept]"
 
 
 def run_repl(
@@ -54,11 +56,12 @@ def run_repl(
     ``options`` are per-call generation options (``llm.chat(..., **options)``), changed by
     ``/set``; ``system`` a system prompt sent first; ``conversation`` a file written by
     ``/save`` to continue (its options, then ``options``, apply; ``system`` replaces its
-    system prompt). A conversation file that cannot be read raises ``ConfigurationError``.
+    system prompt). ``/unset`` returns an option to its value here (or the file's). A
+    conversation file that cannot be read raises ``ConfigurationError``.
     """
-    state = ChatState(options=dict(options), system=system, model=_model_name(llm))
+    state = ChatState.from_command_line(options, system, model=_model_name(llm))
     if conversation is not None:
-        _continue(state, conversation, options, system)
+        _continue(state, conversation)
     if isinstance(sys.stdin, io.TextIOWrapper):  # bad bytes become surrogates, refused per line
         sys.stdin.reconfigure(errors="surrogateescape")
     note(
@@ -78,13 +81,11 @@ def _model_name(llm: Any) -> str:
     return Path(str(getattr(llm, "model_path", None) or llm.metadata.model_name)).name
 
 
-def _continue(state: ChatState, path: Path, options: dict[str, Any], system: str | None) -> None:
+def _continue(state: ChatState, path: Path) -> None:
     from serapeum.llama_cpp.cli.conversation_file import load_conversation
 
     saved = load_conversation(path)
-    state.messages = list(saved.messages)
-    state.options = {**saved.options, **options}
-    state.system = system if system is not None else saved.system
+    state.begin(saved, str(path))
     note(f"Continuing {path}: {len(saved.messages)} messages (/history shows them).")
 
 
@@ -133,9 +134,10 @@ def _ask(
     except KeyboardInterrupt:  # a third Ctrl-C before the stream began
         out()
         answer.stopped = True
-    if answer.stopped:
+    if not state.add_turn(question, answer.text, stopped=answer.stopped):
+        note(STOPPED_EARLY)
+    elif answer.stopped:
         note(STOPPED)
-    state.messages += [Message.user(question), Message.assistant(answer.text.strip())]
 
 
 class _Answer:

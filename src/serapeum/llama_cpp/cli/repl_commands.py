@@ -8,9 +8,10 @@ shows goes to stdout (``/help``, ``/history``, ``/set`` alone), what it reports 
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
 
@@ -18,17 +19,64 @@ from serapeum.core.errors import ConfigurationError
 from serapeum.core.llms import Message
 from serapeum.llama_cpp.cli.output import PROG, note, one_line, out
 
+if TYPE_CHECKING:
+    from serapeum.llama_cpp.cli.conversation_file import SavedConversation
+
 __all__ = ["COMMANDS", "ChatState", "Command", "run_command"]
+
+
+COMMAND_LINE = "command line"
 
 
 @define
 class ChatState:
-    """What the REPL keeps between lines: the turns, the system prompt, the options."""
+    """What the REPL keeps between lines: the turns, the system prompt, the options.
+
+    ``options`` are the library's keywords (``max_new_tokens``); ``command_line`` and
+    ``command_line_system`` what the chat was started with, and ``started`` each option's
+    starting value with where it came from (the command line or a conversation file), so
+    ``/unset`` goes back to it and ``/set`` can say where a value comes from.
+    """
 
     messages: list[Message] = field(factory=list)
     system: str | None = None
     options: dict[str, Any] = field(factory=dict)
     model: str = ""
+    command_line: dict[str, Any] = field(factory=dict)
+    command_line_system: str | None = None
+    started: dict[str, tuple[Any, str]] = field(factory=dict)
+
+    @classmethod
+    def from_command_line(
+        cls, options: dict[str, Any], system: str | None, model: str = ""
+    ) -> ChatState:
+        """The state of a new chat started with these options and system prompt."""
+        state = cls(model=model, command_line=dict(options), command_line_system=system)
+        state.begin()
+        return state
+
+    def begin(self, saved: SavedConversation | None = None, source: str = "") -> None:
+        """Start over from the command line and, when given, a saved conversation (read
+        from ``source``): its turns, its system prompt and options unless the command line
+        gave them (``chat --continue FILE`` and ``/load FILE`` alike)."""
+        self.started = {
+            key: (value, source) for key, value in (saved.options if saved else {}).items()
+        }
+        self.started.update({key: (v, COMMAND_LINE) for key, v in self.command_line.items()})
+        self.options = {key: value for key, (value, _) in self.started.items()}
+        self.messages = list(saved.messages) if saved else []
+        self.system = self.command_line_system
+        if self.system is None and saved is not None:
+            self.system = saved.system
+
+    def add_turn(self, question: str, answer: str, *, stopped: bool) -> bool:
+        """Keep ``question`` and its ``answer``; False, keeping neither, for an answer
+        stopped before any text: an empty assistant turn would be sent to the model and
+        saved, and dropping the answer alone would leave two user turns in a row."""
+        if stopped and not answer.strip():
+            return False
+        self.messages += [Message.user(question), Message.assistant(answer.strip())]
+        return True
 
     def to_send(self, question: str | None = None) -> list[Message]:
         """The messages for the model: the system prompt first, then the turns."""
@@ -53,10 +101,11 @@ def _help(state: ChatState, argument: str) -> bool:
         shown = " ".join(["/" + command.names[0], command.usage]).strip()
         also = ", ".join("/" + name for name in command.names[1:])
         also = f" (also {also})" if also else ""
-        out(f"  {shown:<18} {command.help}{also}")
+        out(f"  {shown:<19} {command.help}{also}")
     out(
         "Keys: Up/Down recall earlier lines, Left/Right and Ctrl-A/Ctrl-E edit the line;\n"
-        "  Ctrl-C stops an answer (the conversation stays) or clears the line; Ctrl-D leaves.\n"
+        "  Ctrl-C stops an answer (the conversation and the answer so far stay) or clears\n"
+        "  the line; Ctrl-D on an empty line leaves.\n"
         'Several lines: type """ alone on a line, the lines, then """ again; or end a line\n'
         "  with \\ to continue it. A line starting with // sends a literal /."
     )
@@ -83,8 +132,9 @@ def _system(state: ChatState, argument: str) -> bool:
             out(state.system)
         return False
     if argument == "--clear":
+        removed = state.system is not None
         state.system = None
-        note("Removed the system prompt.")
+        note("Removed the system prompt." if removed else "No system prompt was set.")
         return False
     replaced = state.system is not None
     state.system = argument
@@ -99,26 +149,44 @@ def _option_keys() -> dict[str, str]:
     return {spec.keyword: spec.key for spec in GENERATION_OPTIONS.values()}
 
 
+def _origin(state: ChatState, keyword: str) -> str:
+    """Where the option's current value comes from, in words."""
+    if keyword not in state.started:
+        return "set in this chat"
+    value, source = state.started[keyword]
+    if state.options.get(keyword) == value:
+        return f"from the {source}" if source == COMMAND_LINE else f"from {source}"
+    return f"set in this chat; /unset gives back {value!r}"
+
+
+def _show_option(state: ChatState, keyword: str) -> None:
+    key = _option_keys().get(keyword, keyword)
+    if keyword in state.options:
+        out(f"  {key} = {state.options[keyword]!r}  ({_origin(state, keyword)})")
+    else:
+        out(f"  {key} is not set: the model's default applies")
+
+
 def _show_options(state: ChatState) -> None:
     if not state.options:
         note("No options set for this chat (the model's defaults apply); /set KEY VALUE sets one.")
         return
-    keys = _option_keys()
-    for keyword, value in state.options.items():
-        out(f"  {keys.get(keyword, keyword)} = {value!r}")
+    for keyword in state.options:
+        _show_option(state, keyword)
+    note("Options not shown have the model's defaults; /set KEY VALUE changes one.")
 
 
 def _set(state: ChatState, argument: str) -> bool:
-    from serapeum.llama_cpp.cli.options import GENERATION_OPTIONS, option_spec, parse_option
+    from serapeum.llama_cpp.cli.options import option_spec, parse_option
 
     if not argument:
         _show_options(state)
         return False
     key, _, value = argument.partition(" ")
     value = value.strip()
-    if not value:
-        keys = ", ".join(GENERATION_OPTIONS)
-        raise ConfigurationError(f"/set needs KEY VALUE, e.g. /set temperature 0.2; keys: {keys}")
+    if not value:  # /set KEY: show that one
+        _show_option(state, option_spec(key).keyword)
+        return False
     keyword, parsed = parse_option(key, value)
     if option_spec(key).repeatable and isinstance(state.options.get(keyword), list):
         parsed = [*state.options[keyword], *parsed]  # /set stop X adds a stop sequence
@@ -132,12 +200,20 @@ def _unset(state: ChatState, argument: str) -> bool:
 
     if not argument:
         raise ConfigurationError("/unset needs the option's KEY, e.g. /unset temperature")
-    keyword = option_spec(argument).keyword
-    if state.options.pop(keyword, None) is None:
-        note(f"{argument} was not set (/set shows the options set).")
+    spec = option_spec(argument)
+    keyword, key = spec.keyword, spec.key
+    if keyword in state.started:  # back to what the chat started with, not the model's
+        value, _ = state.started[keyword]
+        state.options[keyword] = value
+        note(f"{key} = {value!r} again ({_origin(state, keyword)}).")
+    elif state.options.pop(keyword, _MISSING) is _MISSING:
+        note(f"{key} was not set (/set shows the options set).")
     else:
-        note(f"Unset {argument}: the model's default applies.")
+        note(f"Unset {key}: the model's default applies.")
     return False
+
+
+_MISSING = object()
 
 
 def _save(state: ChatState, argument: str) -> bool:
@@ -156,7 +232,7 @@ def _save(state: ChatState, argument: str) -> bool:
     note(
         f"Saved {len(saved.messages)} messages to {argument}"
         f"{skipped if saved.skipped_options else ''}; "
-        f"continue with: {PROG} chat --continue {argument}"
+        f"continue with: {PROG} chat --continue {shlex.quote(argument)}"
     )
     return False
 
@@ -167,10 +243,13 @@ def _load(state: ChatState, argument: str) -> bool:
     if not argument:
         raise ConfigurationError("/load needs a FILE saved with /save")
     loaded = load_conversation(Path(argument))
-    state.messages = list(loaded.messages)
-    state.system = loaded.system
-    state.options = dict(loaded.options)
-    note(f"Loaded {len(loaded.messages)} messages from {argument}; /history shows them.")
+    state.begin(loaded, argument)
+    kept = (
+        " (the command line's system prompt and options win)"
+        if (state.command_line or state.command_line_system is not None)
+        else ""
+    )
+    note(f"Loaded {len(loaded.messages)} messages from {argument}{kept}; /history shows them.")
     return False
 
 
@@ -194,11 +273,21 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("system",),
         "[TEXT]",
-        "show the system prompt, or set it to TEXT (--clear removes it)",
+        "show or set the system prompt (/system --clear removes it)",
         _system,
     ),
-    Command(("set",), "[KEY VALUE]", "show the options, or set one (/set temperature 0)", _set),
-    Command(("unset",), "KEY", "go back to the default for an option", _unset),
+    Command(
+        ("set",),
+        "[KEY [VALUE]]",
+        "show the options and where each comes from, or set one",
+        _set,
+    ),
+    Command(
+        ("unset",),
+        "KEY",
+        "back to the starting value (or the model's default)",
+        _unset,
+    ),
     Command(("save",), "FILE", "save the conversation as JSON (continue: chat --continue)", _save),
     Command(("load",), "FILE", "replace the conversation with one saved by /save", _load),
     Command(("history",), "", "show the conversation so far", _history),

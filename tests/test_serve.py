@@ -7,8 +7,11 @@ tests fast, and the real SmolLM2 chat model answers the acceptance questions.
 
 from __future__ import annotations
 
+import ast
+import errno
 import json
 import os
+import queue
 import re
 import socket
 import subprocess
@@ -18,7 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import httpx
 import httpx2
@@ -27,11 +30,12 @@ import openai
 import pytest
 import uvicorn
 
+from serapeum.core.errors import SerapeumError
 from serapeum.core.llms import Message
 from serapeum.llama_cpp import LlamaCPP
-from serapeum.llama_cpp.errors import QueueFullError
-from serapeum.llama_cpp.serve import create_app, default_model_id
-from serapeum.llama_cpp.serve.failures import failure_for
+from serapeum.llama_cpp.errors import QueueFullError, ServeAddressError
+from serapeum.llama_cpp.serve import create_app, default_model_id, run_server
+from serapeum.llama_cpp.serve.failures import failure_for, in_request_words
 
 MODEL_ID = "tiny"
 # A guard against a deadlock (a test waiting for a stream that cannot start), not a speed limit.
@@ -393,6 +397,49 @@ def test_a_json_answer_cut_short_is_a_400_or_an_error_event(client: openai.OpenA
         list(stream)
 
 
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_errors_name_the_request_fields_not_the_librarys_options(
+    client: openai.OpenAI, field: str
+) -> None:
+    """The library says max_new_tokens; the client sent max_tokens (or its newer name)."""
+    body = _refused(
+        client.chat.completions.create,
+        model=MODEL_ID,
+        messages=QUESTION,
+        response_format=CITY_FORMAT,
+        **cast(Any, {field: 3}),
+    )
+    assert f"({field}=3," in body["message"] and body["message"].endswith(f"raise {field}")
+    assert "max_new_tokens" not in body["message"] and body["param"] == field
+    stream = client.chat.completions.create(
+        model=MODEL_ID,
+        messages=QUESTION,
+        response_format=CITY_FORMAT,
+        stream=True,
+        **cast(Any, {field: 3}),
+    )
+    with pytest.raises(openai.APIError) as caught:
+        list(stream)
+    assert f"raise {field}" in caught.value.message and "max_new_tokens" not in str(caught.value)
+
+
+def test_a_schema_error_names_response_format(client: openai.OpenAI) -> None:
+    bad: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}
+    body = _refused(
+        client.chat.completions.create, model=MODEL_ID, messages=QUESTION, response_format=bad
+    )
+    assert body["param"] == "response_format.json_schema.schema"
+    assert "json_schema" not in body["message"].replace("response_format.json_schema.schema", "")
+
+
+def test_library_names_become_request_fields_only_as_whole_words() -> None:
+    fields = {"max_new_tokens": "max_tokens", "json_schema": "response_format"}
+    message = "raise max_new_tokens; json_schema is bad; my_json_schema and json_schema_x stay"
+    assert in_request_words(message, fields) == (
+        "raise max_tokens; response_format is bad; my_json_schema and json_schema_x stay"
+    )
+
+
 def test_a_full_queue_is_a_503_with_retry_after_and_a_crash_a_500_that_leaks_nothing() -> None:
     """The mapping alone: a full queue needs slots held at the moment a request arrives,
     which a test cannot arrange without timing, and a 500 needs a bug."""
@@ -484,7 +531,29 @@ def test_a_client_leaving_mid_stream_stops_its_generation(
         assert time.monotonic() < deadline, "the generation went on after the client left"
         time.sleep(0.01)
     evaluated = int(model.llama.n_tokens)  # type: ignore[attr-defined]
-    assert evaluated < prompt_tokens + 3500  # stopped early, not run to max_tokens
+    # Run to the end, llama.cpp evaluates the prompt and every generated token but the last.
+    assert evaluated < prompt_tokens + 3500 - 1  # stopped early, not run to max_tokens
+    reply = client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=4)
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
+
+
+def test_a_client_leaving_a_whole_answer_stops_its_generation(
+    client: openai.OpenAI, tiny_llm: LlamaCPP, base_url: str
+) -> None:
+    """Not streamed: the client times out (and closes its connection) long before 3500 tokens."""
+    prompt = "Once upon a time"
+    prompt_tokens = tiny_llm.count_tokens(prompt)
+    model = tiny_llm.loaded_model
+    leaving = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=0.5)
+    with leaving, pytest.raises(openai.APITimeoutError):
+        leaving.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=3500)
+    deadline = time.monotonic() + DEADLOCK_GUARD_SECONDS
+    while model.lock.locked():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the generation went on after the client left"
+        time.sleep(0.01)
+    evaluated = int(model.llama.n_tokens)  # type: ignore[attr-defined]
+    # Run to the end, llama.cpp evaluates the prompt and every generated token but the last.
+    assert prompt_tokens < evaluated < prompt_tokens + 3500 - 1  # started, then stopped early
     reply = client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=4)
     assert reply.usage is not None and reply.usage.completion_tokens == 4
 
@@ -501,11 +570,19 @@ def _doc_blocks() -> list[str]:
 
 @pytest.fixture(scope="module")
 def chat_url() -> Iterator[str]:
-    from serapeum.llama_cpp.demo import chat_model_path
-
-    llm = LlamaCPP(model_path=str(chat_model_path()), temperature=0.0, context_window=2048)
-    with serving(llm, model_id=default_model_id(llm)) as url:
-        yield url
+    """``serapeum-llama-cpp serve`` with no ``-m``, as a new user starts it (the docs say so)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "serapeum.llama_cpp", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert server.stderr is not None
+        lines = _lines(server.stderr)
+        while not (line := lines.get(timeout=DEADLOCK_GUARD_SECONDS)).startswith("serving "):
+            assert line, "the server ended without serving"
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=DEADLOCK_GUARD_SECONDS)
 
 
 @pytest.mark.e2e_chat
@@ -528,10 +605,22 @@ def test_the_docs_client_examples_run_against_a_real_server(
     chat_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     blocks = _doc_blocks()
-    assert blocks
+    assert len(blocks) == 2
     for block in blocks:
         exec(compile(block.replace("http://127.0.0.1:8080/v1", chat_url), "serve.md", "exec"), {})
-    assert "Paris" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "smollm2-135m-instruct"  # the id the docs promise for the default
+    assert "Paris" in printed[1]
+    cat = ast.literal_eval(printed[-1])  # the json_schema example's object, complete
+    assert set(cat) == {"name", "color", "age"}
+
+
+@pytest.mark.e2e_chat
+def test_the_default_models_id_is_its_alias(chat_url: str) -> None:
+    with client_for(chat_url) as client:
+        assert client.models.retrieve("smollm2-135m-instruct").id == "smollm2-135m-instruct"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -543,34 +632,139 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_the_serve_command_answers_over_http(tiny_model_path: Path) -> None:
+def _serve_command(model_path: Path, port: int) -> list[str]:
     command = [sys.executable, "-m", "serapeum.llama_cpp"]
     helped = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     if not re.search(r"^\s+serve\b", helped.stdout, flags=re.MULTILINE):
         pytest.skip("the CLI has no serve command yet")
+    model = ["-m", str(model_path), "--formatter", "llama2"]
+    return [*command, "serve", *model, "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _lines(stream: IO[bytes]) -> queue.Queue[str]:
+    """The stream's lines as they come, read by a thread ("" once it ends)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line.decode())
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_the_serve_command_says_serving_once_it_listens_and_answers(
+    tiny_model_path: Path,
+) -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    model = ["-m", str(tiny_model_path), "--formatter", "llama2"]
     server = subprocess.Popen(
-        [*command, "serve", *model, "--host", "127.0.0.1", "--port", str(port)],
+        _serve_command(tiny_model_path, port),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
     )
     try:
-        deadline = time.monotonic() + DEADLOCK_GUARD_SECONDS
-        while True:
-            assert server.poll() is None, server.communicate()[1].decode()
-            assert time.monotonic() < deadline, "the server did not answer"
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        assert server.stderr is not None
+        lines = _lines(server.stderr)
+        seen: list[str] = []
+        while not seen or not seen[-1].startswith("serving "):
+            seen.append(lines.get(timeout=DEADLOCK_GUARD_SECONDS))
+            assert seen[-1], f"the server ended without serving: {seen}"
+        url = f"http://127.0.0.1:{port}/v1"
+        assert seen[-1] == f"serving {tiny_model_path.name} at {url} (OpenAI API; Ctrl-C to stop)\n"
+        models = httpx.get(f"{url}/models").json()  # at once: the line means it listens
         assert models["data"][0]["id"] == tiny_model_path.name
-        with client_for(f"http://127.0.0.1:{port}/v1") as client:
+        with client_for(url) as client:
             reply = client.completions.create(model="any", prompt="Hello", max_tokens=3)
         assert reply.usage is not None and reply.usage.completion_tokens == 3
     finally:
         server.terminate()
-        server.communicate(timeout=DEADLOCK_GUARD_SECONDS)
+        server.wait(timeout=DEADLOCK_GUARD_SECONDS)
+
+
+@contextmanager
+def occupied_port() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        yield int(other.getsockname()[1])
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_and_exit_1(tiny_model_path: Path) -> None:
+    with occupied_port() as port:
+        done = subprocess.run(
+            _serve_command(tiny_model_path, port),
+            capture_output=True,
+            text=True,
+            timeout=DEADLOCK_GUARD_SECONDS,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"serapeum-llama-cpp: error: cannot listen on 127.0.0.1:{port}: address already in use; "
+        "choose another port (--port) or stop the program listening there"
+    ]
+
+
+def test_serve_checks_the_port_before_the_model(tmp_path: Path) -> None:
+    # A model that would be refused (exit 2) is never reached: the port is checked first,
+    # so nobody waits for a load to learn that the port is taken.
+    with occupied_port() as port:
+        done = subprocess.run(
+            _serve_command(tmp_path / "missing.gguf", port),
+            capture_output=True,
+            text=True,
+            timeout=DEADLOCK_GUARD_SECONDS,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "address already in use" in done.stderr and "missing.gguf" not in done.stderr
+
+
+def test_run_server_refuses_a_port_in_use_before_printing_anything(
+    tiny_llm: LlamaCPP, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with occupied_port() as port, pytest.raises(ServeAddressError) as caught:
+        run_server(tiny_llm, host="127.0.0.1", port=port)
+    error = caught.value
+    assert isinstance(error, OSError) and isinstance(error, SerapeumError)
+    assert (error.host, error.port, error.errno) == ("127.0.0.1", port, errno.EADDRINUSE)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_port_bound_before_loading_is_the_one_served(tiny_model_path: Path) -> None:
+    """``bind_socket`` first (a port in use is refused before a slow load), then serve on it."""
+    code = f"""
+import sys
+from serapeum.llama_cpp import LlamaCPP
+from serapeum.llama_cpp.errors import ServeAddressError
+from serapeum.llama_cpp.serve import bind_socket, run_server
+
+sock = bind_socket("127.0.0.1", 0)
+port = sock.getsockname()[1]
+try:
+    bind_socket("127.0.0.1", port)  # held, even against another SO_REUSEADDR socket
+except ServeAddressError as exc:
+    print(port, exc, flush=True)
+llm = LlamaCPP(model_path={str(tiny_model_path)!r}, formatter="llama2")
+run_server(llm, sock=sock, model_id="bound")
+"""
+    server = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert server.stdout is not None and server.stderr is not None
+        said = _lines(server.stdout).get(timeout=DEADLOCK_GUARD_SECONDS)
+        port = int(said.split()[0])
+        assert f"cannot listen on 127.0.0.1:{port}: address already in use" in said
+        lines = _lines(server.stderr)
+        while not (line := lines.get(timeout=DEADLOCK_GUARD_SECONDS)).startswith("serving "):
+            assert line, "the server ended without serving"
+        assert f"at http://127.0.0.1:{port}/v1 " in line
+        with client_for(f"http://127.0.0.1:{port}/v1") as client:
+            assert client.models.list().data[0].id == "bound"
+    finally:
+        server.terminate()
+        server.wait(timeout=DEADLOCK_GUARD_SECONDS)

@@ -38,6 +38,7 @@ __all__ = [
     "QueueFullError",
     "SchemaError",
     "SerapeumError",
+    "ServeAddressError",
     "ServeDependencyError",
     "UnsafeModelError",
 ]
@@ -94,6 +95,19 @@ class ChatTemplateError(SerapeumError, ValueError):
 
 class ServeDependencyError(SerapeumError, ImportError):
     """Starlette or uvicorn, which ``serve`` (the OpenAI-compatible server) needs, is missing."""
+
+
+class ServeAddressError(SerapeumError, OSError):
+    """``serve`` cannot listen on its host and port (in use, not this machine's, privileged).
+
+    ``host`` and ``port`` say where; ``errno`` is the socket error's, when there was one.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.errno = errno
 
 
 class InvalidRequestError(ConfigurationError):

@@ -134,20 +134,26 @@ def _warn_of_a_base_model(args: argparse.Namespace) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from serapeum.llama_cpp.serve import run_server
+    from serapeum.llama_cpp.serve import bind_socket, run_server
 
     options = call_options(args)
     _warn_of_a_base_model(args)
-    llm = build_llm(args, CHAT_ALIAS, defaults=options)
-    model = args.model if args.model is not None else CHAT_ALIAS
-    model_id = model if model in BUILTIN_ALIASES or model in user_aliases() else None
-    run_server(
-        llm,
-        host=args.host,
-        port=args.port,
-        model_id=model_id,
-        log_level="debug" if args.debug else "warning",
-    )
+    # The port first: a port in use is refused before the user waits for a model to load.
+    sock = bind_socket(args.host, args.port)
+    try:
+        llm = build_llm(args, CHAT_ALIAS, defaults=options)
+        model = args.model if args.model is not None else CHAT_ALIAS
+        model_id = model if model in BUILTIN_ALIASES or model in user_aliases() else None
+        run_server(
+            llm,
+            host=args.host,
+            port=args.port,
+            model_id=model_id,
+            log_level="debug" if args.debug else "warning",
+            sock=sock,
+        )
+    finally:
+        sock.close()
     return 0
 
 

@@ -7,18 +7,26 @@ only when a server is made, so ``import serapeum.llama_cpp`` does not need them.
 
 from __future__ import annotations
 
-import sys
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serapeum.llama_cpp.errors import ServeDependencyError
+from serapeum.llama_cpp.errors import ServeAddressError, ServeDependencyError
+from serapeum.llama_cpp.serve.address import bind_socket, shown_address
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from serapeum.llama_cpp.llm import LlamaCPP
 
-__all__ = ["ServeDependencyError", "create_app", "default_model_id", "run_server"]
+__all__ = [
+    "ServeAddressError",
+    "ServeDependencyError",
+    "bind_socket",
+    "create_app",
+    "default_model_id",
+    "run_server",
+]
 
 _STACK = ("starlette", "uvicorn")
 # Seconds Ctrl-C waits for open streams before closing their connections.
@@ -64,28 +72,32 @@ def run_server(
     port: int = 8080,
     model_id: str | None = None,
     log_level: str = "warning",
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``llm`` with uvicorn until interrupted (Ctrl-C); blocks.
 
-    ``model_id`` defaults to the model file's name.
+    ``model_id`` defaults to the model file's name. ``sock``: a socket from
+    ``bind_socket(host, port)``, bound before the model was loaded so that a port in use is
+    refused at once; without one, ``host:port`` is bound here. Either way a bind failure is a
+    ``ServeAddressError`` and nothing is printed; the "serving" line comes once the server
+    listens. The socket is closed when the server stops.
     """
     try:
-        import uvicorn
+        from serapeum.llama_cpp.serve.runner import serve_on
     except ImportError as exc:
+        if _package(exc) not in _STACK:
+            raise
         raise _missing(exc) from exc
-    name = model_id or default_model_id(llm)
-    app = create_app(llm, model_id=name)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-    )
-    shown_host = f"[{host}]" if ":" in host else host
-    print(
-        f"serving {name} at http://{shown_host}:{port}/v1 (OpenAI API; Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.Server(config).run()
+    listening = sock if sock is not None else bind_socket(host, port)
+    try:
+        name = model_id or default_model_id(llm)
+        where = shown_address(*listening.getsockname()[:2])  # port 0: the one it got
+        serve_on(
+            create_app(llm, model_id=name),
+            listening,
+            banner=f"serving {name} at http://{where}/v1 (OpenAI API; Ctrl-C to stop)",
+            log_level=log_level,
+            graceful_seconds=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    finally:
+        listening.close()

@@ -3,21 +3,25 @@
 Every call goes through the library's async API, so the event loop never blocks on the model
 and a model with ``n_parallel=N`` slots serves N requests at once. A stream's first chunk is
 taken before the response starts, so an error there (a full queue, a bad schema) still gets
-its HTTP status; later errors travel as an error event.
+its HTTP status; later errors travel as an error event. A client that leaves stops its
+generation, streamed (the stream is closed) or not (the call is cancelled).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive
 
 from serapeum.llama_cpp.errors import InvalidRequestError
 from serapeum.llama_cpp.llm import LlamaCPP
@@ -31,11 +35,45 @@ __all__ = ["create_app"]
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+# What a handler answers a client that has gone (nobody reads it): nginx's "client closed".
+_CLIENT_CLOSED = 499
 
 
-def _error_response(exc: Exception) -> JSONResponse:
-    failure = failure_for(exc)
+class _ClientDisconnected(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+def _error_response(exc: Exception, fields: Mapping[str, str] | None = None) -> JSONResponse:
+    failure = failure_for(exc, fields)
     return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has closed its connection (the request body already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """``await work``, cancelled (which stops the library's generation and frees the model)
+    if the client leaves first: then ``_ClientDisconnected``."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnected(receive))
+    left = False
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+        left = not task.done()
+    finally:
+        for pending in (watch, task):
+            if not pending.done():
+                pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending  # once the task is done, the generation's thread has stopped
+    if left:
+        raise _ClientDisconnected
+    return task.result()
 
 
 async def _json_body(request: Request) -> Any:
@@ -87,15 +125,20 @@ class _Routes:
         return await self._answer(request, chat=True)
 
     async def _answer(self, request: Request, *, chat: bool) -> Response:
+        fields: Mapping[str, str] = wire.DEFAULT_FIELDS
         try:
             payload = await _json_body(request)
             call = wire.parse_chat(payload) if chat else wire.parse_completion(payload)
+            fields = call.fields
             reply = wire.Reply(self.model_id, chat=chat, include_usage=call.include_usage)
             if call.stream:
                 return await self._stream(call, reply)
-            return JSONResponse(reply.whole(await self._generate(call)))
+            answer = await _unless_disconnected(request.receive, self._generate(call))
+            return JSONResponse(reply.whole(answer))
+        except _ClientDisconnected:
+            return Response(status_code=_CLIENT_CLOSED)
         except Exception as exc:
-            return _error_response(exc)
+            return _error_response(exc, fields)
 
     async def _generate(self, call: wire.Call) -> wire.Response:
         options: dict[str, Any] = call.options
@@ -117,7 +160,7 @@ class _Routes:
             stream,
             render=reply.chunk,
             finish=reply.finish,
-            failure=lambda exc: failure_for(exc).body,
+            failure=lambda exc: failure_for(exc, call.fields).body,
         )
         return StreamingResponse(events, media_type=MEDIA_TYPE, headers=_STREAM_HEADERS)
 

@@ -2,18 +2,21 @@
 
 A client's mistake (any ``ConfigurationError``: a bad option value, a bad schema; a prompt
 that does not fit: ``ContextWindowExceededError``; a JSON answer cut short by max_tokens) is
-a 400 with our message. A full queue is a 503 with ``Retry-After``. Anything else is a 500
+a 400 with our message, the library's option names in it replaced by the request fields that
+set them (``max_new_tokens`` -> ``max_tokens``), since the client never used the former. A full queue is a 503 with ``Retry-After``. Anything else is a 500
 whose body says nothing of the internals; the traceback goes to the server's log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
 
-from serapeum.core.errors import ConfigurationError, IncompleteJSONError
+from serapeum.core.errors import ConfigurationError, IncompleteJSONError, SchemaError
 from serapeum.llama_cpp.errors import (
     ChatTemplateError,
     ContextWindowExceededError,
@@ -21,7 +24,7 @@ from serapeum.llama_cpp.errors import (
     QueueFullError,
 )
 
-__all__ = ["Failure", "InvalidRequestError", "error_body", "failure_for"]
+__all__ = ["Failure", "InvalidRequestError", "error_body", "failure_for", "in_request_words"]
 
 logger = logging.getLogger("serapeum.llama_cpp.serve")
 
@@ -57,14 +60,38 @@ _CLIENT_ERRORS = (
 )
 
 
-def failure_for(exc: Exception) -> Failure:
-    """The answer for ``exc`` raised while serving a request."""
+def in_request_words(message: str, fields: Mapping[str, str]) -> str:
+    """``message`` with each library name in ``fields`` replaced by its request field."""
+    if not fields:
+        return message
+    names = sorted(fields, key=len, reverse=True)  # max_new_tokens before max_tokens
+    pattern = rf"(?<![\w.-])({'|'.join(map(re.escape, names))})(?![\w-])"
+    return re.sub(pattern, lambda found: fields[found.group(1)], message)
+
+
+def _param(exc: Exception, fields: Mapping[str, str]) -> str | None:
+    """The request field to blame for a library error, where one clearly is."""
+    if isinstance(exc, IncompleteJSONError):
+        return fields.get("max_new_tokens")
+    if isinstance(exc, SchemaError):
+        return fields.get("json_schema")
+    return None
+
+
+def failure_for(exc: Exception, fields: Mapping[str, str] | None = None) -> Failure:
+    """The answer for ``exc`` raised while serving a request.
+
+    ``fields``: library option name -> the request field that set it (``Call.fields``), for
+    the library's messages; the server's own (``InvalidRequestError``) already name fields.
+    """
+    fields = fields or {}
     if isinstance(exc, InvalidRequestError):
         return Failure(400, error_body(str(exc), param=exc.param, code=exc.code), {})
+    message = in_request_words(str(exc), fields)
     if isinstance(exc, ContextWindowExceededError):
-        return Failure(400, error_body(str(exc), code="context_length_exceeded"), {})
+        return Failure(400, error_body(message, code="context_length_exceeded"), {})
     if isinstance(exc, _CLIENT_ERRORS):
-        return Failure(400, error_body(str(exc)), {})
+        return Failure(400, error_body(message, param=_param(exc, fields)), {})
     if isinstance(exc, QueueFullError):
         body = error_body(str(exc), kind="server_busy", code="queue_full")
         return Failure(503, body, {"Retry-After": str(RETRY_AFTER_SECONDS)})

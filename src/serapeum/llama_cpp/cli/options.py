@@ -20,6 +20,7 @@ from attrs import frozen
 
 from serapeum.core.errors import ConfigurationError
 from serapeum.llama_cpp.cli.inputs import read_text_file
+from serapeum.llama_cpp.load_options import INT32_MAX, UINT32_MAX
 
 __all__ = [
     "GENERATION_OPTIONS",
@@ -27,10 +28,8 @@ __all__ = [
     "flag_for",
     "option_spec",
     "parse_option",
+    "read_json",
 ]
-
-INT32_MAX = 2**31 - 1
-UINT32_MAX = 2**32 - 1
 
 
 # -- value parsers: a string from the command line -> the library's value, or ValueError ------
@@ -76,16 +75,21 @@ def _stop(text: str) -> list[str]:
     return [value]
 
 
-def _json_text(text: str, what: str) -> Any:
-    source = text
-    if text.startswith("@"):
-        source = read_text_file(text[1:], f"{what} file {text[1:]}")
+def read_json(text: str, what: str) -> Any:
+    """``text`` as JSON, or one ``ConfigurationError`` line naming ``what``."""
     try:
-        return json.loads(source)
+        return json.loads(text)
     except RecursionError:
         raise ConfigurationError(f"{what}: nested too deeply to read") from None
     except ValueError as exc:
         raise ConfigurationError(f"{what}: not JSON ({exc})") from None
+
+
+def _json_text(text: str, what: str) -> Any:
+    """JSON given inline or as ``@FILE``."""
+    if text.startswith("@"):
+        text = read_text_file(text[1:], f"{what} file {text[1:]}")
+    return read_json(text, what)
 
 
 def _schema(text: str) -> Any:
